@@ -1,0 +1,1 @@
+//! ckpt: transparent checkpoint and restart of a running process.

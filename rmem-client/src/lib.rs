@@ -1,0 +1,1 @@
+//! Remote-memory pool client (placeholder until issue #5 lands).

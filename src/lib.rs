@@ -1,0 +1,1 @@
+//! Support code shared by the top-level examples, tests and benchmarks.
