@@ -1,0 +1,1 @@
+//! Helpers shared by the example workloads: argument parsing, a deterministic generator, digests.
