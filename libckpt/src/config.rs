@@ -97,7 +97,8 @@ impl Config {
             cfg.store_dir = Some(PathBuf::from(v));
         }
         if let Some(v) = lookup("CKPT_INTERVAL") {
-            cfg.interval = Some(parse_duration(&v).map_err(|reason| err("CKPT_INTERVAL", v, reason))?);
+            cfg.interval =
+                Some(parse_duration(&v).map_err(|reason| err("CKPT_INTERVAL", v, reason))?);
         }
         if let Some(v) = lookup("CKPT_POLICY") {
             cfg.policy = match v.as_str() {
@@ -108,7 +109,13 @@ impl Config {
         if let Some(v) = lookup("CKPT_KEEP") {
             cfg.keep = match v.parse::<u32>() {
                 Ok(n) if (1..=1000).contains(&n) => n,
-                _ => return Err(err("CKPT_KEEP", v, "expected a whole number from 1 to 1000")),
+                _ => {
+                    return Err(err(
+                        "CKPT_KEEP",
+                        v,
+                        "expected a whole number from 1 to 1000",
+                    ));
+                }
             };
         }
         if let Some(v) = lookup("CKPT_RESTORE") {
@@ -116,7 +123,13 @@ impl Config {
                 "auto" => RestoreMode::Auto,
                 "never" => RestoreMode::Never,
                 "require" => RestoreMode::Require,
-                _ => return Err(err("CKPT_RESTORE", v, "expected `auto`, `never` or `require`")),
+                _ => {
+                    return Err(err(
+                        "CKPT_RESTORE",
+                        v,
+                        "expected `auto`, `never` or `require`",
+                    ));
+                }
             };
         }
         if let Some(v) = lookup("CKPT_LOG") {
@@ -178,14 +191,20 @@ impl Config {
 }
 
 fn err(name: &'static str, value: String, reason: &'static str) -> ConfigError {
-    ConfigError { name, value, reason }
+    ConfigError {
+        name,
+        value,
+        reason,
+    }
 }
 
 /// Parses `500ms`, `30s`, `5m`, `1h` (a whole number and a unit; no unit means seconds).
 pub(crate) fn parse_duration(text: &str) -> Result<Duration, &'static str> {
     const HELP: &str = "expected a whole number with a unit: `500ms`, `30s`, `5m`, `1h`";
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (digits, unit) = text.split_at(split);
     let n: u64 = digits.parse().map_err(|_| HELP)?;
     let ms = match unit {
@@ -212,8 +231,10 @@ mod tests {
     use std::collections::HashMap;
 
     fn cfg(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let map: HashMap<String, String> =
-            vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Config::from_lookup(|k| map.get(k).cloned())
     }
 
@@ -224,7 +245,16 @@ mod tests {
         assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
         assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
         assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
-        for bad in ["", "ms", "5x", "-1s", "1.5s", "0s", "5ms", "99999999999999999999h"] {
+        for bad in [
+            "",
+            "ms",
+            "5x",
+            "-1s",
+            "1.5s",
+            "0s",
+            "5ms",
+            "99999999999999999999h",
+        ] {
             assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
         }
     }
@@ -242,7 +272,10 @@ mod tests {
         .unwrap();
         assert_eq!(c.store_dir(), Some(Path::new("/tmp/x")));
         assert_eq!(c.interval, Some(Duration::from_millis(250)));
-        assert_eq!((c.keep, c.restore, c.log), (3, RestoreMode::Require, LogLevel::Debug));
+        assert_eq!(
+            (c.keep, c.restore, c.log),
+            (3, RestoreMode::Require, LogLevel::Debug)
+        );
         let d = cfg(&[]).unwrap();
         assert_eq!(d, Config::default());
         assert_eq!(d.keep, 2);

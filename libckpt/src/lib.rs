@@ -4,42 +4,36 @@
 //! restore) and then [`init`], which arms a timer; every interval the process saves its writable
 //! memory, registers and kernel state to a store, and after a crash the next run resumes exactly
 //! where the last committed checkpoint was taken. [`start`] does both.
+#![deny(unsafe_code)]
 
+mod arena;
+mod capture;
 mod config;
+mod error;
+mod fault;
+pub mod image;
+mod restore;
+mod runtime;
+pub mod store;
+mod sys;
+mod text;
 
 pub use config::{Config, ConfigError, LogLevel, Policy, RestoreMode};
-
-/// Everything that can go wrong in the library.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// A configuration value is invalid.
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    /// Not available in this build.
-    #[error("{0} is not supported yet")]
-    Unsupported(&'static str),
-}
-
-/// The crate's result type.
-pub type Result<T, E = Error> = std::result::Result<T, E>;
+pub use error::{Error, Result};
 
 /// Resumes from the last committed checkpoint of this program, if the configuration says so.
 ///
 /// Returns `Ok(())` when there is nothing to restore (or restoring is off). On success it does
-/// not return: the process continues inside the checkpoint.
+/// not return: the process continues inside the checkpoint. A damaged newest checkpoint is set
+/// aside and the previous one used; a checkpoint of another program is refused.
 pub fn restore(config: &Config) -> Result<()> {
-    if config.store_dir().is_none() {
-        return Ok(());
-    }
-    Err(Error::Unsupported("restore"))
+    restore::restore(config)
 }
 
-/// Starts checkpointing this process as `config` says.
+/// Starts checkpointing this process as `config` says. With no store configured it does
+/// nothing. The first call re-executes the program once with address randomisation off.
 pub fn init(config: Config) -> Result<()> {
-    if config.store_dir().is_none() {
-        return Ok(());
-    }
-    Err(Error::Unsupported("init"))
+    runtime::init(config)
 }
 
 /// [`restore`] then [`init`]: what a program calls first thing in `main`.
@@ -48,18 +42,25 @@ pub fn start(config: Config) -> Result<()> {
     init(config)
 }
 
-/// Takes a checkpoint now and returns once it is committed.
+/// Takes a checkpoint now and returns once it is committed (or failed, leaving the previous
+/// checkpoint intact). After a restore from this checkpoint, it returns `Ok(())` again, in the
+/// restarted process.
 pub fn checkpoint_now() -> Result<()> {
-    Err(Error::Unsupported("checkpoint_now"))
+    runtime::checkpoint_now()
 }
 
-/// Declares `[start, start + len)` not worth saving: its whole pages read as zero after a restore.
+/// Declares `[start, start + len)` not worth saving: its whole pages are left out of every
+/// checkpoint and read as zeros after a restore.
 pub fn exclude(start: *const u8, len: usize) -> Result<()> {
-    let _ = (start, len);
-    Err(Error::Unsupported("exclude"))
+    runtime::exclude(start as usize, len)
 }
 
-/// Stops checkpointing (the timer is disarmed; committed checkpoints stay in the store).
+/// Stops checkpointing: the timer is disarmed and the store released; committed checkpoints stay.
 pub fn shutdown() -> Result<()> {
-    Ok(())
+    runtime::shutdown()
+}
+
+/// The message of the last checkpoint if it failed (timer-driven failures are also logged).
+pub fn last_error() -> Option<String> {
+    runtime::last_error()
 }

@@ -1,0 +1,129 @@
+//! Scratch memory prepared at `init` for the checkpoint signal handler, which may not allocate.
+//!
+//! # Safety
+//!
+//! The arena is one anonymous mapping carved into disjoint typed slices. Every record type is
+//! plain data for which all-zero bytes are a valid value, and the mapping starts zeroed, so each
+//! slice is initialised. The mapping is never unmapped while the runtime lives, and the slices
+//! are only reached through `&mut Arena`, which the runtime hands to one capture at a time.
+#![allow(unsafe_code)]
+
+use crate::image::{FileRec, IdentityRec, RegionRec, RunRec, SignalRec};
+use crate::sys::mem::{Mapping, PAGE, PageRegion};
+use crate::sys::syscall::SysResult;
+
+/// Capacities, chosen for large scientific processes; untouched arena pages cost nothing.
+pub mod cap {
+    /// Bytes of `/proc/self/maps` text.
+    pub const MAPS: usize = 8 << 20;
+    /// Bytes of strings in one image.
+    pub const STRINGS: usize = 4 << 20;
+    /// Bytes of directory entries read at once.
+    pub const DENTS: usize = 64 << 10;
+    /// Memory regions.
+    pub const REGIONS: usize = 32 << 10;
+    /// Page runs (each at most [`super::RUN_MAX`] bytes).
+    pub const RUNS: usize = 1 << 20;
+    /// Mapped files.
+    pub const IDENTITY: usize = 4 << 10;
+    /// Open files.
+    pub const FILES: usize = 4 << 10;
+    /// `PAGEMAP_SCAN` output entries per call.
+    pub const SCAN: usize = 16 << 10;
+}
+
+/// Longest page run: long enough for sequential I/O, short enough that a damaged run is found
+/// precisely and that checksum and write share the cache.
+pub const RUN_MAX: usize = 1 << 20;
+
+/// Typed scratch slices; see the module documentation.
+#[derive(Debug)]
+pub struct Arena {
+    /// The whole mapping, excluded from checkpoints.
+    pub range: (usize, usize),
+    /// `/proc/self/maps` text.
+    pub maps: &'static mut [u8],
+    /// The image's string table.
+    pub strings: &'static mut [u8],
+    /// `getdents64` output.
+    pub dents: &'static mut [u8],
+    /// Region records.
+    pub regions: &'static mut [RegionRec],
+    /// Run records.
+    pub runs: &'static mut [RunRec],
+    /// Identity records.
+    pub identity: &'static mut [IdentityRec],
+    /// File records.
+    pub files: &'static mut [FileRec],
+    /// Signal records.
+    pub signals: &'static mut [SignalRec; 64],
+    /// `PAGEMAP_SCAN` output.
+    pub scan: &'static mut [PageRegion],
+    /// A copy of the page holding the saved stack pointer (that page is live during capture).
+    pub stack_page: &'static mut [u8; PAGE],
+}
+
+struct Carver {
+    next: usize,
+    end: usize,
+}
+
+impl Carver {
+    /// Takes `n` values of `T` (zero-initialised plain data) from the mapping.
+    ///
+    /// # Safety
+    /// All-zero bytes must be a valid `T`; the returned slice must be the only reference to
+    /// those bytes.
+    unsafe fn take<T>(&mut self, n: usize) -> &'static mut [T] {
+        let align = align_of::<T>().max(64);
+        let start = (self.next + align - 1) & !(align - 1);
+        let bytes = n * size_of::<T>();
+        assert!(
+            start + bytes <= self.end,
+            "arena layout exceeds its mapping"
+        );
+        self.next = start + bytes;
+        // SAFETY: [start, start + bytes) lies in the zeroed mapping, is aligned for T, and is
+        // handed out once (the cursor only moves forward).
+        unsafe { core::slice::from_raw_parts_mut(start as *mut T, n) }
+    }
+}
+
+impl Arena {
+    /// Maps and carves a new arena. The mapping lives until the process ends (the restored
+    /// runtime refers to it by address, and a restore re-creates it in place as zeros).
+    pub fn new() -> SysResult<Arena> {
+        let size = cap::MAPS
+            + cap::STRINGS
+            + cap::DENTS
+            + cap::REGIONS * size_of::<RegionRec>()
+            + cap::RUNS * size_of::<RunRec>()
+            + cap::IDENTITY * size_of::<IdentityRec>()
+            + cap::FILES * size_of::<FileRec>()
+            + 64 * size_of::<SignalRec>()
+            + cap::SCAN * size_of::<PageRegion>()
+            + 2 * PAGE
+            + 16 * 64;
+        let (addr, len) = Mapping::anonymous(size)?.leak();
+        let mut c = Carver {
+            next: addr,
+            end: addr + len,
+        };
+        // SAFETY: every type below is plain data valid when zeroed, and each slice is disjoint.
+        unsafe {
+            Ok(Arena {
+                range: (addr, addr + len),
+                maps: c.take(cap::MAPS),
+                strings: c.take(cap::STRINGS),
+                dents: c.take(cap::DENTS),
+                regions: c.take(cap::REGIONS),
+                runs: c.take(cap::RUNS),
+                identity: c.take(cap::IDENTITY),
+                files: c.take(cap::FILES),
+                signals: &mut *(c.take::<SignalRec>(64).as_mut_ptr() as *mut [SignalRec; 64]),
+                scan: c.take(cap::SCAN),
+                stack_page: &mut *(c.take::<u8>(PAGE).as_mut_ptr() as *mut [u8; PAGE]),
+            })
+        }
+    }
+}

@@ -1,0 +1,672 @@
+//! Taking a checkpoint: runs inside the trampoline (often inside the timer's signal handler), so
+//! it allocates nothing, takes no lock and calls no libc function that could; it uses raw system
+//! calls and the arena prepared at `init`.
+//!
+//! # Safety
+//!
+//! The image is written straight from the process's memory. The only memory that changes while
+//! it is read is the capture's own stack (below the saved stack pointer, not saved except for
+//! the one page that holds that pointer, which is copied first) and the arena (never saved).
+//! Everything above the saved stack pointer, the heap and the runtime are left untouched until
+//! the image is committed, so each run's checksum matches the bytes written.
+#![allow(unsafe_code)]
+
+use core::fmt::Write as _;
+
+use zerocopy::IntoBytes;
+
+use crate::arena::{Arena, RUN_MAX};
+use crate::error::{RawError, raw_err};
+use crate::image::*;
+use crate::runtime::Runtime;
+use crate::store;
+use crate::sys::arch::Context;
+use crate::sys::maps;
+use crate::sys::mem::{PAGE, page_ceil, page_floor, scan_populated};
+use crate::sys::signals;
+use crate::sys::syscall::{self, Errno};
+use crate::text::{Bytes, FixedStr};
+
+/// What a committed checkpoint cost.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CaptureStats {
+    /// Generation committed.
+    pub generation: u64,
+    /// Bytes of page data.
+    pub data_bytes: u64,
+    /// Bytes of the image file.
+    pub file_bytes: u64,
+    /// Regions recorded.
+    pub regions: u32,
+    /// Runs written.
+    pub runs: u32,
+}
+
+/// Everything [`capture`] fills in, apart from the image file.
+struct Tables<'a> {
+    arena: &'a mut Arena,
+    strings_len: usize,
+    n_regions: usize,
+    n_runs: usize,
+    n_identity: usize,
+    n_files: usize,
+    n_signals: usize,
+}
+
+impl Tables<'_> {
+    fn string(&mut self, s: &[u8]) -> Result<StrRef, RawError> {
+        let len = s.len().min(MAX_STRING as usize);
+        let end = self.strings_len + len;
+        if end > self.arena.strings.len() {
+            return Err(raw_err!(
+                Capacity,
+                "string table full ({} bytes)",
+                self.arena.strings.len()
+            ));
+        }
+        self.arena.strings[self.strings_len..end].copy_from_slice(&s[..len]);
+        let r = StrRef {
+            offset: self.strings_len as u32,
+            len: len as u32,
+        };
+        self.strings_len = end;
+        Ok(r)
+    }
+}
+
+/// Writes a checkpoint of the calling process as generation `generation` and commits it.
+///
+/// `ctx` is the trampoline's saved context; `mask` is the signal mask to restore with it.
+pub fn capture(
+    rt: &Runtime,
+    arena: &mut Arena,
+    ctx: &Context,
+    mask: u64,
+    generation: u64,
+) -> Result<CaptureStats, RawError> {
+    let mut t = Tables {
+        arena,
+        strings_len: 0,
+        n_regions: 0,
+        n_runs: 0,
+        n_identity: 0,
+        n_files: 0,
+        n_signals: 0,
+    };
+    refuse_threads(&mut t)?;
+    let mut process = ProcessRec {
+        ctx: ContextRec::from(ctx),
+        sigmask: mask,
+        ..Default::default()
+    };
+    capture_process(rt, &mut t, &mut process)?;
+    capture_files(rt, &mut t)?;
+    capture_signals(&mut t)?;
+    capture_regions(rt, &mut t, &mut process)?;
+
+    let mut tmp = store::name(generation, store::TMP);
+    let mut fin = store::name(generation, store::IMAGE);
+    let (tmp_c, fin_c) = (
+        tmp.as_cstr().unwrap_or(b"\0"),
+        fin.as_cstr().unwrap_or(b"\0"),
+    );
+    // A stale file of this name is the leftover of a checkpoint killed mid-write.
+    let _ = syscall::unlinkat(rt.dir_fd, tmp_c);
+    let fd = syscall::openat(
+        rt.dir_fd,
+        tmp_c,
+        libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_CLOEXEC,
+        0o600,
+    )
+    .map_err(|e| RawError::sys("create", tmp_c, e))?;
+    let result = write_image(rt, &mut t, fd, &mut process, ctx, generation);
+    let closed = syscall::close(fd);
+    let result = result.and_then(|s| {
+        closed
+            .map(|_| s)
+            .map_err(|e| RawError::sys("close", tmp_c, e))
+    });
+    let stats = match result {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = syscall::unlinkat(rt.dir_fd, tmp_c);
+            return Err(e);
+        }
+    };
+    crate::fault::point("before-commit").map_err(|e| {
+        let _ = syscall::unlinkat(rt.dir_fd, tmp_c);
+        RawError::sys("commit", fin_c, e)
+    })?;
+    // Commit: the rename is atomic, and the directory fsync makes it durable. Until here the
+    // previous generation is the one a restore would use.
+    syscall::renameat(rt.dir_fd, tmp_c, fin_c).map_err(|e| {
+        let _ = syscall::unlinkat(rt.dir_fd, tmp_c);
+        RawError::sys("rename", fin_c, e)
+    })?;
+    syscall::fsync(rt.dir_fd).map_err(|e| RawError::sys("fsync directory of", fin_c, e))?;
+    store::prune(rt.dir_fd, t.arena.dents, generation, rt.cfg.keep);
+    Ok(stats)
+}
+
+fn refuse_threads(t: &mut Tables<'_>) -> Result<(), RawError> {
+    let me = syscall::gettid();
+    let mut other = 0;
+    store::each_dirent(b"/proc/self/task\0", t.arena.dents, |name| {
+        if let Some(tid) = parse_dec(name) {
+            if tid as i32 != me && other == 0 {
+                other = tid as i32;
+            }
+        }
+    })
+    .map_err(|e| RawError::sys("list", b"/proc/self/task", e))?;
+    if other != 0 {
+        return Err(raw_err!(
+            Refused,
+            "a second thread is running (tid {other}); only single-threaded programs can be checkpointed"
+        ));
+    }
+    Ok(())
+}
+
+fn capture_process(rt: &Runtime, t: &mut Tables<'_>, p: &mut ProcessRec) -> Result<(), RawError> {
+    p.fs_base = syscall::get_fs_base() as u64;
+    p.brk = syscall::brk(0) as u64;
+    p.pid = syscall::getpid() as u32;
+    p.tid_offset = rt.tid_offset.map_or(-1, |o| o as i32);
+    if let Some(r) = rt.rseq {
+        p.rseq_area = p.fs_base.wrapping_add_signed(r.offset as i64);
+        p.rseq_len = r.size;
+        p.rseq_sig = crate::sys::glibc::RSEQ_SIG;
+    }
+    let old = syscall::umask(0o022);
+    syscall::umask(old);
+    p.umask = old;
+    let alt = signals::get_altstack().map_err(|e| RawError::sys("sigaltstack", b"", e))?;
+    (p.altstack_sp, p.altstack_size, p.altstack_flags) =
+        (alt.ss_sp as u64, alt.ss_size as u64, alt.ss_flags as u32);
+    let mut buf = [0u8; 4096];
+    let n = syscall::getcwd(&mut buf).map_err(|e| RawError::sys("getcwd", b"", e))?;
+    p.cwd = t.string(&buf[..n.saturating_sub(1)])?;
+    let n = syscall::readlink(b"/proc/self/exe\0", &mut buf)
+        .map_err(|e| RawError::sys("readlink", b"/proc/self/exe", e))?;
+    p.exe = t.string(&buf[..n])?;
+    let st = syscall::stat(&cstr(&buf[..n])).map_err(|e| RawError::sys("stat", &buf[..n], e))?;
+    push_identity(t, p.exe, &st, true)
+}
+
+fn push_identity(
+    t: &mut Tables<'_>,
+    path: StrRef,
+    st: &libc::stat,
+    is_exe: bool,
+) -> Result<(), RawError> {
+    if t.n_identity == t.arena.identity.len() {
+        return Err(raw_err!(
+            Capacity,
+            "more than {} mapped files",
+            t.arena.identity.len()
+        ));
+    }
+    t.arena.identity[t.n_identity] = IdentityRec {
+        path,
+        dev: st.st_dev,
+        ino: st.st_ino,
+        size: st.st_size as u64,
+        mtime_sec: st.st_mtime,
+        mtime_nsec: st.st_mtime_nsec,
+        is_exe: is_exe as u32,
+        pad: 0,
+    };
+    t.n_identity += 1;
+    Ok(())
+}
+
+fn capture_files(rt: &Runtime, t: &mut Tables<'_>) -> Result<(), RawError> {
+    // Collect descriptor numbers first: the listing itself holds a descriptor.
+    let mut fds = [0i32; 1024];
+    let mut n = 0;
+    let mut overflow = false;
+    store::each_dirent(b"/proc/self/fd\0", t.arena.dents, |name| {
+        if let Some(fd) = parse_dec(name) {
+            if n < fds.len() {
+                fds[n] = fd as i32;
+                n += 1
+            } else {
+                overflow = true
+            }
+        }
+    })
+    .map_err(|e| RawError::sys("list", b"/proc/self/fd", e))?;
+    if overflow {
+        return Err(raw_err!(
+            Capacity,
+            "more than {} open file descriptors",
+            fds.len()
+        ));
+    }
+    for &fd in &fds[..n] {
+        // Standard streams belong to whoever starts the restart; our own descriptors are
+        // re-created by the runtime.
+        if fd <= 2 || rt.owns_fd(fd) {
+            continue;
+        }
+        let Ok(st) = syscall::fstat(fd) else { continue }; // the listing's own, now closed
+        let mut link = FixedStr::<64>::new();
+        let _ = write!(link, "/proc/self/fd/{fd}");
+        let mut target = [0u8; 4096];
+        let len = syscall::readlink(link.as_cstr().unwrap_or(b"\0"), &mut target).unwrap_or(0);
+        let target = &target[..len];
+        let kind = match st.st_mode & libc::S_IFMT {
+            libc::S_IFREG => FILE_REGULAR,
+            libc::S_IFCHR => FILE_CHARDEV,
+            libc::S_IFDIR => FILE_DIR,
+            libc::S_IFSOCK => {
+                return Err(raw_err!(Refused, "fd {fd} is a socket ({})", Bytes(target)));
+            }
+            libc::S_IFIFO => {
+                return Err(raw_err!(
+                    Refused,
+                    "fd {fd} is a pipe or FIFO ({})",
+                    Bytes(target)
+                ));
+            }
+            _ if target.starts_with(b"anon_inode:[io_uring]") => {
+                return Err(raw_err!(Refused, "fd {fd} is an io_uring instance"));
+            }
+            _ => {
+                return Err(raw_err!(
+                    Refused,
+                    "fd {fd} is a kernel object that cannot be restored ({})",
+                    Bytes(target)
+                ));
+            }
+        };
+        if target.ends_with(b" (deleted)") || target.first() != Some(&b'/') {
+            return Err(raw_err!(
+                Refused,
+                "fd {fd} refers to a deleted or unnamed file ({})",
+                Bytes(target)
+            ));
+        }
+        let mut flags = syscall::fcntl(fd, libc::F_GETFL, 0)
+            .map_err(|e| RawError::sys("F_GETFL", target, e))? as i32;
+        if syscall::fcntl(fd, libc::F_GETFD, 0).is_ok_and(|f| f as i32 & libc::FD_CLOEXEC != 0) {
+            flags |= libc::O_CLOEXEC;
+        }
+        let offset = if kind == FILE_REGULAR {
+            syscall::lseek(fd, 0, libc::SEEK_CUR).unwrap_or(0)
+        } else {
+            0
+        };
+        if t.n_files == t.arena.files.len() {
+            return Err(raw_err!(
+                Capacity,
+                "more than {} open files",
+                t.arena.files.len()
+            ));
+        }
+        let path = t.string(target)?;
+        t.arena.files[t.n_files] = FileRec {
+            fd,
+            flags,
+            offset,
+            size: st.st_size as u64,
+            kind,
+            pad: 0,
+            path,
+        };
+        t.n_files += 1;
+    }
+    Ok(())
+}
+
+fn capture_signals(t: &mut Tables<'_>) -> Result<(), RawError> {
+    for sig in signals::restorable_signals() {
+        let a = signals::get_action(sig).map_err(|e| raw_err!(Io, "sigaction({sig}): {e}"))?;
+        t.arena.signals[t.n_signals] = SignalRec::from((sig, &a));
+        t.n_signals += 1;
+    }
+    Ok(())
+}
+
+fn capture_regions(rt: &Runtime, t: &mut Tables<'_>, p: &mut ProcessRec) -> Result<(), RawError> {
+    let len = syscall::read_file(b"/proc/self/maps\0", t.arena.maps)
+        .map_err(|e| RawError::sys("read", b"/proc/self/maps", e))?;
+    // The maps text lives in the arena, which the tables also borrow: walk it by raw slice.
+    // SAFETY: `maps` is not written again until this function returns.
+    let text: &[u8] = unsafe { core::slice::from_raw_parts(t.arena.maps.as_ptr(), len) };
+    let (arena_start, arena_end) = t.arena.range;
+    let mut last_ino = (0u64, 0u64);
+    for entry in maps::parse(text) {
+        let m = entry.map_err(|_| raw_err!(Io, "unparsable line in /proc/self/maps"))?;
+        let mut flags = 0;
+        if m.is_kernel_special() {
+            flags |= REGION_SPECIAL;
+            match m.path {
+                b"[vdso]" => p.vdso = m.start as u64,
+                b"[vvar]" => p.vvar = m.start as u64,
+                _ => {}
+            }
+        } else if m.shared {
+            if m.path.starts_with(b"/SYSV") {
+                return Err(raw_err!(
+                    Refused,
+                    "System V shared memory at {:#x}",
+                    m.start
+                ));
+            }
+            let anon_shared = m.path == b"/dev/zero (deleted)" || m.path.is_empty();
+            if !anon_shared && m.prot & libc::PROT_WRITE != 0 {
+                return Err(raw_err!(
+                    Refused,
+                    "shared writable mapping of {} at {:#x}",
+                    Bytes(m.path),
+                    m.start
+                ));
+            }
+            if anon_shared {
+                flags |= REGION_SHARED | REGION_SAVED;
+            } else {
+                flags |= REGION_SHARED | REGION_FILE;
+            }
+        } else if m.start == arena_start && m.end == arena_end {
+            // Our scratch arena: restored as zeros.
+        } else if m.is_file() && !m.is_deleted() {
+            flags |= REGION_FILE;
+            if m.prot & libc::PROT_WRITE != 0 {
+                flags |= REGION_SAVED;
+            }
+        } else if m.prot & libc::PROT_READ != 0 {
+            // Anonymous memory, the heap, the stack, and mappings of deleted files.
+            flags |= REGION_SAVED;
+        }
+        match m.path {
+            b"[heap]" => {
+                flags |= REGION_HEAP;
+                p.brk_start = m.start as u64;
+            }
+            b"[stack]" => flags |= REGION_STACK,
+            _ => {}
+        }
+        let path = if m.path.is_empty() {
+            StrRef::default()
+        } else {
+            t.string(m.path)?
+        };
+        if flags & REGION_FILE != 0 && (m.dev, m.inode) != last_ino {
+            last_ino = (m.dev, m.inode);
+            if let Ok(st) = syscall::stat(&cstr(m.path)) {
+                let already = t.arena.identity[..t.n_identity]
+                    .iter()
+                    .any(|i| i.ino == st.st_ino && i.dev == st.st_dev);
+                if !already && st.st_ino == m.inode {
+                    push_identity(t, path, &st, false)?;
+                }
+            }
+        }
+        if t.n_regions == t.arena.regions.len() {
+            return Err(raw_err!(
+                Capacity,
+                "more than {} memory regions",
+                t.arena.regions.len()
+            ));
+        }
+        t.arena.regions[t.n_regions] = RegionRec {
+            start: m.start as u64,
+            end: m.end as u64,
+            offset: m.offset,
+            dev: m.dev,
+            ino: m.inode,
+            path,
+            prot: m.prot as u32,
+            flags,
+        };
+        t.n_regions += 1;
+    }
+    if p.brk_start == 0 {
+        p.brk_start = p.brk;
+    }
+    let _ = rt;
+    Ok(())
+}
+
+/// Writes header, data and manifest to `fd`; returns the stats once everything is on disk.
+fn write_image(
+    rt: &Runtime,
+    t: &mut Tables<'_>,
+    fd: i32,
+    p: &mut ProcessRec,
+    ctx: &Context,
+    generation: u64,
+) -> Result<CaptureStats, RawError> {
+    let mut off = HEADER_SPACE;
+    let rsp_page = page_floor(ctx.rsp as usize);
+    for i in 0..t.n_regions {
+        let r = t.arena.regions[i];
+        if r.flags & REGION_SAVED == 0 {
+            continue;
+        }
+        let (start, end) = (r.start as usize, r.end as usize);
+        if r.flags & REGION_STACK != 0 && (start..end).contains(&rsp_page) {
+            // Only what lies above the saved stack pointer is live.
+            save_span(
+                rt,
+                t,
+                fd,
+                &mut off,
+                rsp_page,
+                end,
+                rsp_page,
+                ctx.rsp as usize,
+            )?;
+        } else if r.flags & (REGION_FILE | REGION_SHARED) != 0 || rt.pagemap_fd < 0 {
+            // File-backed pages are saved whole: the restoring process may have dirtied its own
+            // copy of the file's private pages before restoring.
+            save_span(rt, t, fd, &mut off, start, end, rsp_page, ctx.rsp as usize)?;
+        } else {
+            // Anonymous memory never touched reads as zeros: save only populated pages.
+            let scan: &mut [crate::sys::mem::PageRegion] =
+                // SAFETY: the scan buffer is disjoint from everything save_span touches.
+                unsafe { core::slice::from_raw_parts_mut(t.arena.scan.as_mut_ptr(), t.arena.scan.len()) };
+            let scanned = scan_populated(rt.pagemap_fd, start, end, scan, |s, e| {
+                save_span(rt, t, fd, &mut off, s, e, rsp_page, ctx.rsp as usize)
+            })?;
+            if let Err(e) = scanned {
+                return Err(RawError::sys("PAGEMAP_SCAN", b"/proc/self/pagemap", e));
+            }
+        }
+    }
+    let data_len = off - HEADER_SPACE;
+    p.saved_bytes = data_len;
+    crate::fault::point("write-manifest").map_err(|e| RawError::sys("write", b"manifest", e))?;
+
+    let manifest_offset = off;
+    let mut crc = 0u32;
+    let mut section =
+        |kind: SectionKind, count: usize, body: &[u8], off: &mut u64| -> Result<(), RawError> {
+            let sh = SectionHeader {
+                kind: kind as u32,
+                count: count as u32,
+                len: body.len() as u64,
+            };
+            for bytes in [sh.as_bytes(), body] {
+                crc = crc32c::crc32c_append(crc, bytes);
+                syscall::pwrite_all(fd, bytes, *off)
+                    .map_err(|e| RawError::sys("write", b"manifest", e))?;
+                *off += bytes.len() as u64;
+            }
+            Ok(())
+        };
+    section(
+        SectionKind::Strings,
+        t.strings_len,
+        &t.arena.strings[..t.strings_len],
+        &mut off,
+    )?;
+    section(SectionKind::Process, 1, p.as_bytes(), &mut off)?;
+    section(
+        SectionKind::Identity,
+        t.n_identity,
+        t.arena.identity[..t.n_identity].as_bytes(),
+        &mut off,
+    )?;
+    section(
+        SectionKind::Regions,
+        t.n_regions,
+        t.arena.regions[..t.n_regions].as_bytes(),
+        &mut off,
+    )?;
+    section(
+        SectionKind::Runs,
+        t.n_runs,
+        t.arena.runs[..t.n_runs].as_bytes(),
+        &mut off,
+    )?;
+    section(
+        SectionKind::Files,
+        t.n_files,
+        t.arena.files[..t.n_files].as_bytes(),
+        &mut off,
+    )?;
+    section(
+        SectionKind::Signals,
+        t.n_signals,
+        t.arena.signals[..t.n_signals].as_bytes(),
+        &mut off,
+    )?;
+
+    let mut h = Header {
+        magic: MAGIC,
+        version: VERSION,
+        header_size: size_of::<Header>() as u32,
+        generation,
+        parent: 0,
+        created_ns: syscall::realtime_ns(),
+        data_offset: HEADER_SPACE,
+        data_len,
+        manifest_offset,
+        manifest_len: off - manifest_offset,
+        total_len: off,
+        manifest_crc: crc,
+        header_crc: 0,
+    };
+    h.header_crc = h.compute_crc();
+    syscall::pwrite_all(fd, h.as_bytes(), 0).map_err(|e| RawError::sys("write", b"header", e))?;
+    syscall::fsync(fd).map_err(|e| RawError::sys("fsync", b"image", e))?;
+    Ok(CaptureStats {
+        generation,
+        data_bytes: data_len,
+        file_bytes: off,
+        regions: t.n_regions as u32,
+        runs: t.n_runs as u32,
+    })
+}
+
+/// Saves `[start, end)` minus excluded pages as runs of at most [`RUN_MAX`] bytes.
+#[allow(clippy::too_many_arguments)]
+fn save_span(
+    rt: &Runtime,
+    t: &mut Tables<'_>,
+    fd: i32,
+    off: &mut u64,
+    start: usize,
+    end: usize,
+    rsp_page: usize,
+    rsp: usize,
+) -> Result<(), RawError> {
+    let mut at = start;
+    while at < end {
+        // Skip excluded pages (whole pages only), then find where the next exclusion begins.
+        if let Some(skip_to) = rt.excluded_until(at) {
+            at = skip_to.min(end).max(at + PAGE);
+            continue;
+        }
+        let stop = rt
+            .next_exclusion_after(at)
+            .unwrap_or(end)
+            .min(end)
+            .min(at + RUN_MAX);
+        let stop = if (at..stop).contains(&rsp_page) && rsp_page != at {
+            rsp_page
+        } else {
+            stop
+        };
+        let stop = if at == rsp_page {
+            (at + PAGE).min(stop)
+        } else {
+            stop
+        };
+        write_run(t, fd, off, at, stop - at, rsp_page, rsp)?;
+        at = stop;
+    }
+    Ok(())
+}
+
+fn write_run(
+    t: &mut Tables<'_>,
+    fd: i32,
+    off: &mut u64,
+    addr: usize,
+    len: usize,
+    rsp_page: usize,
+    rsp: usize,
+) -> Result<(), RawError> {
+    if t.n_runs == t.arena.runs.len() {
+        return Err(raw_err!(
+            Capacity,
+            "more than {} page runs",
+            t.arena.runs.len()
+        ));
+    }
+    crate::fault::point("write-data").map_err(|e| RawError::sys("write", b"page data", e))?;
+    let bytes: &[u8] = if addr == rsp_page {
+        // The page holding the saved stack pointer is live below it: copy the live part, zero
+        // the dead part, and save the copy so its checksum is stable.
+        let keep = rsp - rsp_page;
+        t.arena.stack_page[..keep].fill(0);
+        // SAFETY: [rsp, rsp_page + PAGE) is mapped stack memory that nothing writes until the
+        // capture returns (it lies above the saved stack pointer).
+        let live = unsafe { core::slice::from_raw_parts(rsp as *const u8, PAGE - keep) };
+        t.arena.stack_page[keep..].copy_from_slice(live);
+        &t.arena.stack_page[..]
+    } else {
+        // SAFETY: [addr, addr + len) is a readable region of this process whose contents do not
+        // change during the capture (see the module's Safety section).
+        unsafe { core::slice::from_raw_parts(addr as *const u8, len) }
+    };
+    let crc = crc32c::crc32c(bytes);
+    syscall::pwrite_all(fd, bytes, *off)
+        .map_err(|e: Errno| RawError::sys("write", b"page data", e))?;
+    t.arena.runs[t.n_runs] = RunRec {
+        addr: addr as u64,
+        len: len as u64,
+        data_off: *off,
+        crc,
+        pad: 0,
+    };
+    t.n_runs += 1;
+    *off += len as u64;
+    Ok(())
+}
+
+fn parse_dec(s: &[u8]) -> Option<u64> {
+    if s.is_empty() || s.len() > 19 {
+        return None;
+    }
+    s.iter().try_fold(0u64, |a, &b| {
+        b.is_ascii_digit().then(|| a * 10 + (b - b'0') as u64)
+    })
+}
+
+/// Copies a path into a NUL-terminated buffer.
+fn cstr(s: &[u8]) -> [u8; 4097] {
+    let mut b = [0u8; 4097];
+    let n = s.len().min(4096);
+    b[..n].copy_from_slice(&s[..n]);
+    b
+}
+
+#[allow(dead_code)]
+fn _assert_page_math() {
+    const _: () = assert!(page_ceil(1) == PAGE);
+}

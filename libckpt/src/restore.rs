@@ -1,0 +1,439 @@
+//! Restoring: finding the newest usable checkpoint, proving it belongs to this program,
+//! verifying every checksum before touching memory, and re-creating kernel state afterwards.
+//!
+//! # Safety
+//!
+//! Only [`after_restore`] uses unsafe code: it runs in the restored process, reads the
+//! restorer's info block (still mapped, unmapped at its end), writes the new thread id into the
+//! restored thread descriptor, re-registers rseq, and reinstalls signal dispositions whose
+//! handler addresses come from the same binary's image.
+#![allow(unsafe_code)]
+
+use std::ffi::CString;
+use std::fs::File;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use crate::config::{Config, LogLevel, RestoreMode};
+use crate::error::{Error, Result};
+use crate::image::{self, FILE_REGULAR, FormatError, Manifest};
+use crate::runtime::{self, Runtime, log_at};
+use crate::store;
+use crate::sys::restore::RestoreInfo;
+use crate::sys::{glibc, signals, syscall};
+
+/// Why one generation could not be used.
+pub(crate) enum Reject {
+    /// Damaged: try the previous generation.
+    Corrupt(FormatError),
+    /// Not ours, or not restorable here: stop.
+    Fatal(Error),
+}
+
+/// Reads and checks one image; on success returns the manifest and the open file.
+pub fn load(path: &Path) -> Result<(Manifest, File), Reject> {
+    let io = |op, e| {
+        Reject::Fatal(Error::Io {
+            op,
+            path: path.to_path_buf(),
+            source: e,
+        })
+    };
+    let file = File::open(path).map_err(|e| io("open", e))?;
+    let len = file.metadata().map_err(|e| io("stat", e))?.len();
+    let mut head = vec![0u8; size_of::<image::Header>()];
+    if len < head.len() as u64 {
+        return Err(Reject::Corrupt(FormatError::Truncated { what: "header" }));
+    }
+    file.read_exact_at(&mut head, 0)
+        .map_err(|e| io("read", e))?;
+    let header = image::check_header(&head, len).map_err(Reject::Corrupt)?;
+    let mut man = vec![0u8; header.manifest_len as usize];
+    file.read_exact_at(&mut man, header.manifest_offset)
+        .map_err(|e| io("read", e))?;
+    let m = image::parse_manifest(header, &man).map_err(Reject::Corrupt)?;
+    Ok((m, file))
+}
+
+/// Checks that this process runs the executable and libraries the image was taken with.
+pub fn check_identity(m: &Manifest, image: &Path) -> Result<()> {
+    let wrong = |reason: String| Error::WrongBinary {
+        image: image.to_path_buf(),
+        reason,
+    };
+    let exe = std::fs::read_link("/proc/self/exe").map_err(|e| Error::Io {
+        op: "readlink",
+        path: "/proc/self/exe".into(),
+        source: e,
+    })?;
+    let meta = std::fs::metadata("/proc/self/exe").map_err(|e| Error::Io {
+        op: "stat",
+        path: exe.clone(),
+        source: e,
+    })?;
+    for id in &m.identity {
+        let path = PathBuf::from(std::ffi::OsStr::from_bytes(m.str(id.path)));
+        let (what, st) = if id.is_exe != 0 {
+            ("executable", Some(meta.clone()))
+        } else {
+            ("library or mapped file", std::fs::metadata(&path).ok())
+        };
+        let Some(st) = st else {
+            return Err(wrong(format!("{what} {} no longer exists", path.display())));
+        };
+        let same = st.ino() == id.ino
+            && st.size() == id.size
+            && st.mtime() == id.mtime_sec
+            && st.mtime_nsec() == id.mtime_nsec;
+        if !same {
+            let shown = if id.is_exe != 0 {
+                format!("{} (this process runs {})", path.display(), exe.display())
+            } else {
+                path.display().to_string()
+            };
+            return Err(wrong(format!(
+                "{what} {shown} differs: checkpoint has {} bytes, mtime {}, inode {}; found {} bytes, mtime {}, inode {}",
+                id.size,
+                id.mtime_sec,
+                id.ino,
+                st.size(),
+                st.mtime(),
+                st.ino()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Checks every page run's checksum by reading the image once, without touching memory.
+fn verify_runs(m: &Manifest, file: &File) -> Result<(), Reject> {
+    let mut buf = vec![0u8; crate::arena::RUN_MAX];
+    for run in &m.runs {
+        let mut crc = 0u32;
+        let mut done = 0u64;
+        while done < run.len {
+            let n = ((run.len - done) as usize).min(buf.len());
+            match file.read_exact_at(&mut buf[..n], run.data_off + done) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    return Err(Reject::Corrupt(FormatError::Truncated {
+                        what: "page data",
+                    }));
+                }
+                Err(e) => {
+                    return Err(Reject::Fatal(Error::Io {
+                        op: "read",
+                        path: PathBuf::new(),
+                        source: e,
+                    }));
+                }
+            }
+            crc = crc32c::crc32c_append(crc, &buf[..n]);
+            done += n as u64;
+        }
+        if crc != run.crc {
+            return Err(Reject::Corrupt(FormatError::Checksum {
+                what: format!("page run at {:#x} ({} KiB)", run.addr, run.len >> 10),
+            }));
+        }
+    }
+    Ok(())
+}
+
+/// Checks that the files the image had open can be reopened.
+fn check_files(m: &Manifest, image: &Path) -> Result<()> {
+    for f in &m.files {
+        let path = Path::new(std::ffi::OsStr::from_bytes(m.str(f.path)));
+        if std::fs::metadata(path).is_err() {
+            return Err(Error::Layout {
+                image: image.to_path_buf(),
+                reason: format!(
+                    "file {} (open at fd {} when the checkpoint was taken) is gone",
+                    path.display(),
+                    f.fd
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn log(cfg: &Config, level: LogLevel, args: core::fmt::Arguments<'_>) {
+    if cfg.log >= level {
+        crate::text::log_line(args);
+    }
+}
+
+/// `ckpt::restore`.
+pub fn restore(cfg: &Config) -> Result<()> {
+    let Some(dir) = cfg.store_dir.as_deref() else {
+        return Ok(());
+    };
+    if cfg.restore == RestoreMode::Never {
+        return Ok(());
+    }
+    let gens = match store::list(dir) {
+        Ok(g) => g,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => {
+            return Err(Error::Io {
+                op: "list",
+                path: dir.to_path_buf(),
+                source: e,
+            });
+        }
+    };
+    if gens.is_empty() {
+        return match cfg.restore {
+            RestoreMode::Require => Err(Error::NoCheckpoint(dir.to_path_buf())),
+            _ => Ok(()),
+        };
+    }
+    ensure_fixed_layout()?;
+    let (dir_fd, lock_fd) = runtime::open_store(dir)?;
+    let close = || {
+        let _ = syscall::close(lock_fd);
+        let _ = syscall::close(dir_fd);
+    };
+    let next_gen = store::highest(dir).unwrap_or(0) + 1;
+    let mut rejected: Vec<(u64, String)> = Vec::new();
+    for g in &gens {
+        let loaded = load(&g.path).and_then(|(m, f)| {
+            check_identity(&m, &g.path).map_err(Reject::Fatal)?;
+            verify_runs(&m, &f)?;
+            check_files(&m, &g.path).map_err(Reject::Fatal)?;
+            Ok((m, f))
+        });
+        let (m, file) = match loaded {
+            Ok(v) => v,
+            Err(Reject::Corrupt(reason)) => {
+                log(
+                    cfg,
+                    LogLevel::Info,
+                    format_args!(
+                        "checkpoint {} is unusable ({reason}); trying the previous one",
+                        g.path.display()
+                    ),
+                );
+                rejected.push((g.number, reason.to_string()));
+                continue;
+            }
+            Err(Reject::Fatal(e)) => {
+                close();
+                return Err(e);
+            }
+        };
+        // Set the damaged newer generations aside so that rotation keeps good ones.
+        for (n, _) in &rejected {
+            let _ = std::fs::rename(
+                dir.join(store::name(*n, store::IMAGE).as_str()),
+                dir.join(store::name(*n, store::CORRUPT).as_str()),
+            );
+        }
+        if !rejected.is_empty() {
+            log(
+                cfg,
+                LogLevel::Info,
+                format_args!(
+                    "falling back to generation {} after {} unusable newer one(s)",
+                    g.number,
+                    rejected.len()
+                ),
+            );
+        }
+        log(
+            cfg,
+            LogLevel::Info,
+            format_args!(
+                "restoring generation {} from {} ({:.1} MiB)",
+                g.number,
+                g.path.display(),
+                m.header.data_len as f64 / 1048576.0
+            ),
+        );
+        let fd = std::os::fd::IntoRawFd::into_raw_fd(file);
+        let err = crate::sys::restore::restore_into(&m, fd, dir_fd, lock_fd, next_gen).unwrap_err();
+        let _ = syscall::close(fd);
+        close();
+        return Err(Error::Layout {
+            image: g.path.clone(),
+            reason: err.0,
+        });
+    }
+    close();
+    let newest = rejected
+        .first()
+        .map(|(n, r)| format!("generation {n}: {r}"))
+        .unwrap_or_default();
+    Err(Error::AllCorrupt {
+        dir: dir.to_path_buf(),
+        count: rejected.len(),
+        newest,
+    })
+}
+
+/// Runs in the restored process, inside the checkpoint that was taken, right after the jump:
+/// re-creates the kernel state the image's memory refers to. Async-signal-safe: it may run
+/// inside the timer's handler.
+pub(crate) fn after_restore(rt: &mut Runtime, info_addr: usize) {
+    // SAFETY: the restorer passed the address of its RestoreInfo, still mapped.
+    let info = unsafe { &*(info_addr as *const RestoreInfo) };
+    if let Some(off) = rt.tid_offset {
+        // SAFETY: the offset was proven at init in this same binary and libc.
+        unsafe { glibc::patch_tid(off) };
+    }
+    if let (Some(r), true) = (rt.rseq, info.process.rseq_len > 0) {
+        // SAFETY: the restored thread descriptor holds glibc's rseq area at this offset.
+        let _ = unsafe { glibc::rseq_register(r, syscall::get_fs_base(), info.process.rseq_len) };
+    }
+    // Our own descriptors: adopt the restorer's store and lock, out of the way of the files.
+    let top = info.files.iter().map(|f| f.fd).max().unwrap_or(2).max(2) + 1;
+    let mv = |fd: i32| -> i32 {
+        match syscall::fcntl(fd, libc::F_DUPFD_CLOEXEC, top as usize) {
+            Ok(n) => {
+                let _ = syscall::close(fd);
+                n as i32
+            }
+            Err(_) => fd,
+        }
+    };
+    rt.dir_fd = mv(info.dir_fd);
+    rt.lock_fd = mv(info.lock_fd);
+    rt.pagemap_fd = -1;
+    // Close whatever else the restoring process had open.
+    let mut stray = [0i32; 256];
+    let mut n = 0;
+    // SAFETY: the arena is reachable only through the runtime, which we hold busy.
+    let dents = unsafe { &mut *rt.arena }.dents as *mut [u8];
+    // SAFETY: as above; the slice is not aliased during this call.
+    let _ = store::each_dirent(b"/proc/self/fd\0", unsafe { &mut *dents }, |name| {
+        let fd = name.iter().try_fold(0i32, |a, &b| {
+            b.is_ascii_digit().then(|| a * 10 + (b - b'0') as i32)
+        });
+        if let Some(fd) = fd {
+            if fd > 2 && fd != rt.dir_fd && fd != rt.lock_fd && n < stray.len() {
+                stray[n] = fd;
+                n += 1;
+            }
+        }
+    });
+    for &fd in &stray[..n] {
+        let _ = syscall::close(fd);
+    }
+    rt.pagemap_fd = runtime::open_pagemap();
+    for f in info.files {
+        reopen(rt, info, f);
+    }
+    for s in info.signals {
+        // SAFETY: handlers and restorers come from this same binary's image.
+        let _ = unsafe { signals::set_action(s.sig as i32, &s.action()) };
+    }
+    let p = &info.process;
+    if p.altstack_size > 0 {
+        let st = libc::stack_t {
+            ss_sp: p.altstack_sp as *mut libc::c_void,
+            ss_flags: p.altstack_flags as i32,
+            ss_size: p.altstack_size as usize,
+        };
+        // SAFETY: the alternate stack's memory was restored with the image.
+        let _ = unsafe { signals::set_altstack(&st) };
+    }
+    let mut cwd = crate::text::FixedStr::<4097>::new();
+    cwd.push_bytes(&info.strings[p.cwd.offset as usize..(p.cwd.offset + p.cwd.len) as usize]);
+    if let Some(c) = cwd.as_cstr() {
+        let _ = syscall::chdir(c);
+    }
+    syscall::umask(p.umask);
+    runtime::restart_timer(rt);
+    if let (Some(id), Some(interval)) = (rt.timer, rt.cfg.interval) {
+        let _ = signals::timer_arm(id, interval.as_nanos() as u64);
+    }
+    rt.next_gen = info.next_gen;
+    rt.last_error = None;
+    let ms = (syscall::monotonic_ns() - info.started_ns) as f64 / 1e6;
+    log_at!(
+        rt,
+        Info,
+        "restored generation {} ({:.1} MiB) in {:.1} ms; continuing",
+        info.generation,
+        info.bytes as f64 / 1048576.0,
+        ms
+    );
+    let (s, e) = info.plan_range;
+    // SAFETY: nothing refers to the plan mapping once the info has been read.
+    let _ = unsafe { syscall::munmap(s, e - s) };
+}
+
+fn reopen(rt: &Runtime, info: &RestoreInfo, f: &image::FileRec) {
+    let mut path = crate::text::FixedStr::<4097>::new();
+    path.push_bytes(&info.strings[f.path.offset as usize..(f.path.offset + f.path.len) as usize]);
+    let Some(c) = path.as_cstr() else { return };
+    let flags = f.flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_CLOEXEC)
+        | libc::O_CLOEXEC;
+    let fd = match syscall::open(c, flags, 0) {
+        Ok(fd) => fd,
+        Err(e) => {
+            log_at!(
+                rt,
+                Info,
+                "could not reopen {} at fd {}: {e}",
+                crate::text::Bytes(path.as_bytes()),
+                f.fd
+            );
+            return;
+        }
+    };
+    if f.kind == FILE_REGULAR {
+        // Output written after the checkpoint is undone, so the re-run writes it exactly once.
+        let writable = f.flags & libc::O_ACCMODE != libc::O_RDONLY;
+        if writable && syscall::fstat(fd).is_ok_and(|st| st.st_size as u64 > f.size) {
+            let _ = syscall::ftruncate(fd, f.size);
+        }
+        let _ = syscall::lseek(fd, f.offset as i64, libc::SEEK_SET);
+    }
+    let cloexec = if f.flags & libc::O_CLOEXEC != 0 {
+        libc::O_CLOEXEC
+    } else {
+        0
+    };
+    if fd != f.fd {
+        let _ = syscall::dup3(fd, f.fd, cloexec);
+        let _ = syscall::close(fd);
+    } else if cloexec == 0 {
+        let _ = syscall::fcntl(fd, libc::F_SETFD, 0);
+    }
+}
+
+/// Makes sure this process runs without address-space randomisation, so that a restart finds
+/// text, data, heap, stack and libraries at the same addresses: sets `ADDR_NO_RANDOMIZE` and
+/// re-executes the program once, with the same arguments and environment.
+pub fn ensure_fixed_layout() -> Result<()> {
+    const GUARD: &str = "CKPT_REEXECED";
+    if std::fs::read_to_string("/proc/sys/kernel/randomize_va_space").is_ok_and(|s| s.trim() == "0")
+    {
+        return Ok(());
+    }
+    let pers = crate::sys::process::personality_get();
+    if pers & libc::ADDR_NO_RANDOMIZE as u32 != 0 {
+        crate::sys::process::unset_env(GUARD);
+        return Ok(());
+    }
+    if std::env::var_os(GUARD).is_some() {
+        return Err(Error::Aslr(
+            "personality(ADDR_NO_RANDOMIZE) did not survive exec".into(),
+        ));
+    }
+    crate::sys::process::personality_set(pers | libc::ADDR_NO_RANDOMIZE as u32)
+        .map_err(|e| Error::Aslr(format!("personality: {e}")))?;
+    let args = std::fs::read("/proc/self/cmdline")
+        .map_err(|e| Error::Aslr(format!("read /proc/self/cmdline: {e}")))?;
+    let args: Vec<CString> = args
+        .split(|&b| b == 0)
+        .filter(|s| !s.is_empty())
+        .map(|s| CString::new(s).expect("split on NUL"))
+        .collect();
+    crate::sys::process::set_env(GUARD, "1");
+    let e = crate::sys::process::reexec(&args);
+    Err(Error::Aslr(format!("re-exec /proc/self/exe: {e}")))
+}

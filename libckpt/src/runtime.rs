@@ -1,0 +1,467 @@
+//! The live checkpointing runtime: global state, the timer signal handler, `checkpoint_now`.
+//!
+//! # Safety
+//!
+//! The runtime is created once by `init` and reached through one global pointer. Mutable access
+//! happens only while `busy` is held (a checkpoint) or, for `init`/`shutdown`, while the
+//! checkpoint signal is blocked and no checkpoint runs; the signal handler bails out if `busy`
+//! is already set. The handler itself only reads configuration, writes the arena and the
+//! counters, and issues raw system calls.
+#![allow(unsafe_code)]
+
+use core::ffi::c_void;
+use core::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+
+use crate::arena::Arena;
+use crate::capture::{self, CaptureStats};
+use crate::config::{Config, LogLevel};
+use crate::error::{Error, RawError, Result, raw_err};
+use crate::store;
+use crate::sys::arch::{self, Context};
+use crate::sys::glibc::{self, Rseq};
+use crate::sys::mem::{PAGE, PageRegion, page_ceil, page_floor};
+use crate::sys::signals::{self, TimerId};
+use crate::sys::syscall;
+
+/// Most ranges `exclude` accepts.
+pub const MAX_EXCLUDES: usize = 256;
+
+/// The process-wide checkpointing state.
+#[derive(Debug)]
+pub struct Runtime {
+    pub(crate) cfg: Config,
+    /// The store directory, open.
+    pub(crate) dir_fd: i32,
+    /// The store's lock file, held with `flock`.
+    pub(crate) lock_fd: i32,
+    /// `/proc/self/pagemap` when `PAGEMAP_SCAN` works, else -1.
+    pub(crate) pagemap_fd: i32,
+    pub(crate) sig: i32,
+    pub(crate) timer: Option<TimerId>,
+    pub(crate) tid_offset: Option<usize>,
+    pub(crate) rseq: Option<Rseq>,
+    pub(crate) arena: *mut Arena,
+    pub(crate) next_gen: u64,
+    pub(crate) excludes: [(usize, usize); MAX_EXCLUDES],
+    pub(crate) n_excludes: usize,
+    pub(crate) busy: AtomicBool,
+    pub(crate) committed: u64,
+    pub(crate) failed: u64,
+    pub(crate) last_error: Option<RawError>,
+}
+
+static RUNTIME: AtomicPtr<Runtime> = AtomicPtr::new(core::ptr::null_mut());
+
+macro_rules! log_at {
+    ($rt:expr, $lvl:ident, $($arg:tt)*) => {
+        if $rt.cfg.log >= LogLevel::$lvl {
+            crate::text::log_line(format_args!($($arg)*));
+        }
+    };
+}
+pub(crate) use log_at;
+
+impl Runtime {
+    /// Whether `fd` is one of the runtime's own descriptors (not the application's).
+    pub fn owns_fd(&self, fd: i32) -> bool {
+        fd == self.dir_fd || fd == self.lock_fd || fd == self.pagemap_fd
+    }
+
+    /// If `addr` lies in an excluded page range, where that range ends.
+    pub fn excluded_until(&self, addr: usize) -> Option<usize> {
+        self.excludes[..self.n_excludes]
+            .iter()
+            .find(|(s, e)| (*s..*e).contains(&addr))
+            .map(|&(_, e)| e)
+    }
+
+    /// The start of the first excluded range above `addr`.
+    pub fn next_exclusion_after(&self, addr: usize) -> Option<usize> {
+        self.excludes[..self.n_excludes]
+            .iter()
+            .map(|&(s, _)| s)
+            .filter(|&s| s > addr)
+            .min()
+    }
+}
+
+/// Opens (creating) the store directory and takes its lock. Returns (dir fd, lock fd).
+pub(crate) fn open_store(dir: &std::path::Path) -> Result<(i32, i32)> {
+    let io = |op, source| Error::Io {
+        op,
+        path: dir.to_path_buf(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(|e| io("create store directory", e))?;
+    let c = CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| io("open", std::io::ErrorKind::InvalidInput.into()))?;
+    let dir_fd = syscall::open(
+        c.as_bytes_with_nul(),
+        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        0,
+    )
+    .map_err(|e| io("open store directory", e.io()))?;
+    let lock = syscall::openat(
+        dir_fd,
+        b"lock\0",
+        libc::O_RDWR | libc::O_CREAT | libc::O_CLOEXEC,
+        0o600,
+    );
+    let lock_fd = match lock {
+        Ok(fd) => fd,
+        Err(e) => {
+            let _ = syscall::close(dir_fd);
+            return Err(io("create lock file in", e.io()));
+        }
+    };
+    if let Err(e) = syscall::flock(lock_fd, libc::LOCK_EX | libc::LOCK_NB) {
+        let _ = syscall::close(lock_fd);
+        let _ = syscall::close(dir_fd);
+        return Err(if e.0 == libc::EWOULDBLOCK {
+            Error::StoreBusy(dir.to_path_buf())
+        } else {
+            io("lock", e.io())
+        });
+    }
+    Ok((dir_fd, lock_fd))
+}
+
+/// Opens `/proc/self/pagemap` if `PAGEMAP_SCAN` works on this kernel, else returns -1.
+pub(crate) fn open_pagemap() -> i32 {
+    let Ok(fd) = syscall::open(b"/proc/self/pagemap\0", libc::O_RDONLY | libc::O_CLOEXEC, 0) else {
+        return -1;
+    };
+    let probe = [0u8; 1];
+    let addr = page_floor(probe.as_ptr() as usize);
+    let mut buf = [PageRegion::default(); 1];
+    match crate::sys::mem::scan_populated(fd, addr, addr + PAGE, &mut buf, |_, _| Ok(())) {
+        Ok(Ok(())) => fd,
+        _ => {
+            let _ = syscall::close(fd);
+            -1
+        }
+    }
+}
+
+/// `ckpt::init`.
+pub fn init(cfg: Config) -> Result<()> {
+    let Some(dir) = cfg.store_dir.clone() else {
+        if cfg.log >= LogLevel::Debug {
+            crate::text::log_line(format_args!("CKPT_DIR is not set; checkpointing is off"));
+        }
+        return Ok(());
+    };
+    if !RUNTIME.load(Ordering::Acquire).is_null() {
+        return Err(Error::AlreadyInitialized);
+    }
+    crate::restore::ensure_fixed_layout()?;
+    crate::fault::arm();
+    let (dir_fd, lock_fd) = open_store(&dir)?;
+    let arena = match Arena::new() {
+        Ok(a) => Box::into_raw(Box::new(a)),
+        Err(e) => {
+            let _ = syscall::close(lock_fd);
+            let _ = syscall::close(dir_fd);
+            return Err(Error::Io {
+                op: "map checkpoint arena for",
+                path: dir,
+                source: e.io(),
+            });
+        }
+    };
+    // Warm up the checksum's CPU-feature detection now: its cache lives in memory the capture saves.
+    let _ = crc32c::crc32c(b"warm");
+    let next_gen = store::highest(&dir).map_err(|e| Error::Io {
+        op: "list",
+        path: dir.clone(),
+        source: e,
+    })? + 1;
+    let rt = Box::new(Runtime {
+        sig: signals::checkpoint_signal(),
+        dir_fd,
+        lock_fd,
+        pagemap_fd: open_pagemap(),
+        timer: None,
+        tid_offset: glibc::find_tid_offset(),
+        rseq: glibc::rseq_info(),
+        arena,
+        next_gen,
+        excludes: [(0, 0); MAX_EXCLUDES],
+        n_excludes: 0,
+        busy: AtomicBool::new(false),
+        committed: 0,
+        failed: 0,
+        last_error: None,
+        cfg,
+    });
+    let rt = Box::into_raw(rt);
+    // SAFETY: freshly allocated, not yet shared.
+    let r = unsafe { &mut *rt };
+    if let Err(e) = start_timer(r) {
+        teardown(rt);
+        return Err(e);
+    }
+    RUNTIME.store(rt, Ordering::Release);
+    log_at!(
+        r,
+        Info,
+        "checkpointing into {} every {}, policy sequential, keeping {} (pages found by {})",
+        dir.display(),
+        Interval(r.cfg.interval),
+        r.cfg.keep,
+        if r.pagemap_fd >= 0 {
+            "PAGEMAP_SCAN"
+        } else {
+            "full scan"
+        }
+    );
+    Ok(())
+}
+
+struct Interval(Option<std::time::Duration>);
+
+impl core::fmt::Display for Interval {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self.0 {
+            Some(d) => write!(f, "{:?}", d),
+            None => f.write_str("(manual only)"),
+        }
+    }
+}
+
+/// Installs the handler and arms the timer (if an interval is set).
+fn start_timer(rt: &mut Runtime) -> Result<()> {
+    signals::install_handler(rt.sig, on_signal).map_err(|e| {
+        Error::Checkpoint(format!(
+            "cannot install the handler for signal {}: {e}",
+            rt.sig
+        ))
+    })?;
+    if let Some(interval) = rt.cfg.interval {
+        let id = signals::timer_create(rt.sig, syscall::gettid())
+            .map_err(|e| Error::Checkpoint(format!("cannot create the checkpoint timer: {e}")))?;
+        rt.timer = Some(id);
+        signals::timer_arm(id, interval.as_nanos() as u64)
+            .map_err(|e| Error::Checkpoint(format!("cannot arm the timer: {e}")))?;
+    }
+    Ok(())
+}
+
+/// Re-creates the timer after a restore (the old one belonged to the dead process).
+pub(crate) fn restart_timer(rt: &mut Runtime) {
+    rt.timer = None;
+    if rt.cfg.interval.is_some() {
+        rt.timer = signals::timer_create(rt.sig, syscall::gettid()).ok();
+    }
+    if rt.timer.is_none() && rt.cfg.interval.is_some() {
+        log_at!(
+            rt,
+            Info,
+            "could not re-create the checkpoint timer after restore; only checkpoint_now will work"
+        );
+    }
+}
+
+fn rearm(rt: &Runtime) {
+    if let (Some(id), Some(interval)) = (rt.timer, rt.cfg.interval) {
+        let _ = signals::timer_arm(id, interval.as_nanos() as u64);
+    }
+}
+
+fn teardown(rt: *mut Runtime) {
+    // SAFETY: the caller has unpublished `rt` (or never published it) and blocked the signal.
+    let r = unsafe { Box::from_raw(rt) };
+    if let Some(id) = r.timer {
+        let _ = signals::timer_delete(id);
+    }
+    signals::uninstall_handler(r.sig);
+    for fd in [r.pagemap_fd, r.lock_fd, r.dir_fd] {
+        if fd >= 0 {
+            let _ = syscall::close(fd);
+        }
+    }
+    // The arena stays mapped: a restored image may refer to it; it is untouched pages only.
+}
+
+/// `ckpt::shutdown`.
+pub fn shutdown() -> Result<()> {
+    let rt = RUNTIME.swap(core::ptr::null_mut(), Ordering::AcqRel);
+    if rt.is_null() {
+        return Ok(());
+    }
+    // SAFETY: rt was published by init; the handler returns early now that the global is null,
+    // and a handler already inside a checkpoint finishes before we take `busy`.
+    let r = unsafe { &*rt };
+    while r.busy.swap(true, Ordering::Acquire) {
+        std::thread::yield_now();
+    }
+    teardown(rt);
+    Ok(())
+}
+
+/// How a checkpoint call ended.
+#[derive(Debug, Clone, Copy)]
+pub enum Outcome {
+    /// A new generation was committed.
+    Committed(#[allow(dead_code)] CaptureStats),
+    /// We are the restored process, continuing from a checkpoint.
+    Restored,
+}
+
+struct Job {
+    rt: *mut Runtime,
+    generation: u64,
+    mask: u64,
+    result: Option<Result<CaptureStats, RawError>>,
+}
+
+unsafe extern "C" fn capture_cb(ctx: *mut Context, arg: *mut c_void) -> usize {
+    // SAFETY: `arg` is the Job on checkpoint()'s frame and `ctx` its Context; both outlive this
+    // call; the runtime is held busy by checkpoint().
+    let job = unsafe { &mut *(arg as *mut Job) };
+    // SAFETY: as above; the arena is only reached by the capture holding `busy`.
+    let (rt, arena, ctx) = unsafe { (&*job.rt, &mut *(*job.rt).arena, &*ctx) };
+    let r = capture::capture(rt, arena, ctx, job.mask, job.generation);
+    // Written only now: the job lives in saved stack memory, which must not change while the
+    // image is being written.
+    job.result = Some(r);
+    0
+}
+
+/// Takes one checkpoint with the runtime held. `mask` is the caller's signal mask.
+fn checkpoint(rt: *mut Runtime, mask: u64) -> core::result::Result<Outcome, RawError> {
+    // SAFETY: rt is the published runtime; `busy` serialises mutable use.
+    let r = unsafe { &mut *rt };
+    if r.busy.swap(true, Ordering::Acquire) {
+        return Err(raw_err!(Busy, "a checkpoint is already in progress"));
+    }
+    let t0 = syscall::monotonic_ns();
+    let mut job = Job {
+        rt,
+        generation: r.next_gen,
+        mask,
+        result: None,
+    };
+    let mut ctx = Context::default();
+    // SAFETY: ctx and job live on this frame for the whole call; capture_cb matches CaptureFn.
+    let back =
+        unsafe { arch::save_and_call(&mut ctx, capture_cb, &mut job as *mut Job as *mut c_void) };
+    // Re-derive the reference: after a restore, memory is the image's, registers were reloaded.
+    // SAFETY: as above.
+    let r = unsafe { &mut *rt };
+    let outcome = if back != 0 {
+        crate::restore::after_restore(r, back);
+        Ok(Outcome::Restored)
+    } else {
+        match job
+            .result
+            .take()
+            .unwrap_or_else(|| Err(raw_err!(Io, "capture did not run")))
+        {
+            Ok(stats) => {
+                r.next_gen = stats.generation + 1;
+                r.committed += 1;
+                r.last_error = None;
+                let ms = (syscall::monotonic_ns() - t0) as f64 / 1e6;
+                let mib = stats.data_bytes as f64 / (1 << 20) as f64;
+                log_at!(
+                    r,
+                    Info,
+                    "checkpoint {} committed: {:.1} MiB in {} runs, {:.1} ms ({:.0} MiB/s)",
+                    stats.generation,
+                    mib,
+                    stats.runs,
+                    ms,
+                    mib / (ms / 1e3).max(1e-9)
+                );
+                Ok(Outcome::Committed(stats))
+            }
+            Err(e) => {
+                r.failed += 1;
+                r.last_error = Some(e);
+                log_at!(
+                    r,
+                    Info,
+                    "checkpoint {} failed, the previous checkpoint is intact: {}",
+                    r.next_gen,
+                    e.msg
+                );
+                Err(e)
+            }
+        }
+    };
+    r.busy.store(false, Ordering::Release);
+    outcome
+}
+
+extern "C" fn on_signal(_sig: i32, _info: *mut libc::siginfo_t, _uctx: *mut c_void) {
+    // SAFETY: __errno_location returns this thread's errno slot; saved and put back so the
+    // interrupted code sees it unchanged.
+    let errno = unsafe { *libc::__errno_location() };
+    let rt = RUNTIME.load(Ordering::Acquire);
+    if !rt.is_null() {
+        // The handler runs with every signal blocked; the interrupted mask is in the frame.
+        let _ = checkpoint(rt, 0);
+        // SAFETY: rt stays valid until shutdown, which waits for `busy`.
+        rearm(unsafe { &*rt });
+    }
+    // SAFETY: as above.
+    unsafe { *libc::__errno_location() = errno };
+}
+
+/// `ckpt::checkpoint_now`.
+pub fn checkpoint_now() -> Result<()> {
+    let rt = RUNTIME.load(Ordering::Acquire);
+    if rt.is_null() {
+        return Err(Error::NotInitialized);
+    }
+    // SAFETY: published by init.
+    let sig = unsafe { (*rt).sig };
+    let mut old = 0u64;
+    let _ = syscall::sigprocmask(libc::SIG_BLOCK, Some(&signals::sigbit(sig)), Some(&mut old));
+    let r = checkpoint(rt, old);
+    let _ = syscall::sigprocmask(libc::SIG_SETMASK, Some(&old), None);
+    r.map(drop).map_err(Error::from)
+}
+
+/// `ckpt::exclude`.
+pub fn exclude(start: usize, len: usize) -> Result<()> {
+    let rt = RUNTIME.load(Ordering::Acquire);
+    if rt.is_null() {
+        return Err(Error::NotInitialized);
+    }
+    // Only whole pages inside the range can be left out.
+    let (s, e) = (page_ceil(start), page_floor(start.saturating_add(len)));
+    if s >= e {
+        return Ok(());
+    }
+    // SAFETY: published by init.
+    let sig = unsafe { (*rt).sig };
+    let mut old = 0u64;
+    let _ = syscall::sigprocmask(libc::SIG_BLOCK, Some(&signals::sigbit(sig)), Some(&mut old));
+    // SAFETY: the checkpoint signal is blocked, so no capture reads the table meanwhile.
+    let r = unsafe { &mut *rt };
+    let res = if r.n_excludes == MAX_EXCLUDES {
+        Err(Error::Checkpoint(format!(
+            "more than {MAX_EXCLUDES} excluded ranges"
+        )))
+    } else {
+        r.excludes[r.n_excludes] = (s, e);
+        r.n_excludes += 1;
+        Ok(())
+    };
+    let _ = syscall::sigprocmask(libc::SIG_SETMASK, Some(&old), None);
+    res
+}
+
+/// The message of the last failed checkpoint, if the last one failed.
+pub fn last_error() -> Option<String> {
+    let rt = RUNTIME.load(Ordering::Acquire);
+    // SAFETY: published by init; a torn read of a message is impossible as the handler is
+    // blocked only during... the message is copied whole.
+    (!rt.is_null())
+        .then(|| unsafe { (*rt).last_error.map(|e| e.msg.to_string()) })
+        .flatten()
+}

@@ -1,0 +1,239 @@
+//! The local-directory store: one file per generation, committed by rename.
+//!
+//! Layout of a store directory:
+//! - `gen-<20 digits>.ckpt` — a committed image;
+//! - `gen-<20 digits>.tmp` — an image being written (or left by a checkpoint that was killed);
+//! - `gen-<20 digits>.corrupt` — an image a restore found damaged and set aside;
+//! - `lock` — held with `flock` by the one process using the store.
+
+use core::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use crate::sys::syscall::{self, Errno, SysResult};
+use crate::text::FixedStr;
+
+/// Suffix of committed images.
+pub const IMAGE: &str = "ckpt";
+/// Suffix of images being written.
+pub const TMP: &str = "tmp";
+/// Suffix of images set aside as damaged.
+pub const CORRUPT: &str = "corrupt";
+/// Most generations a directory listing considers at once.
+const MAX_LISTED: usize = 4096;
+
+/// The file name of generation `g` with `suffix`.
+pub fn name(g: u64, suffix: &str) -> FixedStr<48> {
+    let mut s = FixedStr::new();
+    let _ = write!(s, "gen-{g:020}.{suffix}");
+    s
+}
+
+/// Parses a store file name into (generation, suffix).
+pub fn parse_name(name: &[u8]) -> Option<(u64, &[u8])> {
+    let rest = name.strip_prefix(b"gen-")?;
+    if rest.len() < 22 || rest[20] != b'.' {
+        return None;
+    }
+    let digits = &rest[..20];
+    let g = digits.iter().try_fold(0u64, |a, &b| {
+        b.is_ascii_digit()
+            .then(|| a.wrapping_mul(10) + (b - b'0') as u64)
+    })?;
+    Some((g, &rest[21..]))
+}
+
+/// Calls `f` with each entry name of the directory at `path` (NUL-terminated), using `buf`.
+pub fn each_dirent(path: &[u8], buf: &mut [u8], f: impl FnMut(&[u8])) -> SysResult<()> {
+    let fd = syscall::open(
+        path,
+        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        0,
+    )?;
+    let r = each_dirent_fd(fd, buf, f);
+    let _ = syscall::close(fd);
+    r
+}
+
+fn each_dirent_fd(fd: i32, buf: &mut [u8], mut f: impl FnMut(&[u8])) -> SysResult<()> {
+    loop {
+        let n = syscall::getdents64(fd, buf)?;
+        if n == 0 {
+            return Ok(());
+        }
+        let mut at = 0;
+        while at + 19 <= n {
+            // struct linux_dirent64: ino u64, off i64, reclen u16, type u8, name[].
+            let reclen = u16::from_ne_bytes([buf[at + 16], buf[at + 17]]) as usize;
+            if reclen == 0 || at + reclen > n {
+                return Err(Errno(libc::EIO));
+            }
+            let name = &buf[at + 19..at + reclen];
+            let name = &name[..name.iter().position(|&b| b == 0).unwrap_or(name.len())];
+            if name != b"." && name != b".." {
+                f(name);
+            }
+            at += reclen;
+        }
+    }
+}
+
+/// Deletes committed generations beyond the newest `keep`, damaged ones older than those kept,
+/// and temporaries older than `current`. Best effort: a failure leaves extra files, never fewer.
+pub fn prune(dir_fd: i32, dents: &mut [u8], current: u64, keep: u32) {
+    let mut images = [0u64; MAX_LISTED];
+    let mut n = 0;
+    let Ok(fd) = syscall::openat(
+        dir_fd,
+        b".\0",
+        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        0,
+    ) else {
+        return;
+    };
+    let _ = each_dirent_fd(fd, dents, |name| {
+        if let Some((g, suffix)) = parse_name(name) {
+            if suffix == IMAGE.as_bytes() && n < MAX_LISTED && g <= current {
+                images[n] = g;
+                n += 1;
+            }
+        }
+    });
+    let _ = syscall::close(fd);
+    let images = &mut images[..n];
+    images.sort_unstable();
+    let keep = keep.max(1) as usize;
+    let oldest_kept = images.len().checked_sub(keep).map_or(0, |i| images[i]);
+    for &g in images.iter().take(images.len().saturating_sub(keep)) {
+        let mut nm = name(g, IMAGE);
+        if let Some(c) = nm.as_cstr() {
+            let _ = syscall::unlinkat(dir_fd, c);
+        }
+    }
+    // Damaged and temporary leftovers: remove those older than what we keep.
+    let Ok(fd) = syscall::openat(
+        dir_fd,
+        b".\0",
+        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        0,
+    ) else {
+        return;
+    };
+    let mut stale = [0u64; 64];
+    let mut stale_kind = [false; 64];
+    let mut m = 0;
+    let _ = each_dirent_fd(fd, dents, |name| {
+        if let Some((g, suffix)) = parse_name(name) {
+            let old_corrupt = suffix == CORRUPT.as_bytes() && g < oldest_kept;
+            let old_tmp = suffix == TMP.as_bytes() && g < current;
+            if (old_corrupt || old_tmp) && m < stale.len() {
+                stale[m] = g;
+                stale_kind[m] = old_tmp;
+                m += 1;
+            }
+        }
+    });
+    let _ = syscall::close(fd);
+    for i in 0..m {
+        let mut nm = name(stale[i], if stale_kind[i] { TMP } else { CORRUPT });
+        if let Some(c) = nm.as_cstr() {
+            let _ = syscall::unlinkat(dir_fd, c);
+        }
+    }
+}
+
+/// A committed generation found in a store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Generation {
+    /// Its number.
+    pub number: u64,
+    /// Its image file.
+    pub path: PathBuf,
+}
+
+/// Committed generations in `dir`, newest first.
+pub fn list(dir: &Path) -> std::io::Result<Vec<Generation>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        if let Some((g, suffix)) = parse_name(name.as_encoded_bytes()) {
+            if suffix == IMAGE.as_bytes() {
+                out.push(Generation {
+                    number: g,
+                    path: entry.path(),
+                });
+            }
+        }
+    }
+    out.sort_by(|a, b| b.number.cmp(&a.number));
+    Ok(out)
+}
+
+/// The highest generation number of any file in `dir` (committed, damaged or temporary).
+pub fn highest(dir: &Path) -> std::io::Result<u64> {
+    let mut max = 0;
+    for entry in std::fs::read_dir(dir)? {
+        if let Some((g, _)) = parse_name(entry?.file_name().as_encoded_bytes()) {
+            max = max.max(g);
+        }
+    }
+    Ok(max)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        let n = name(42, IMAGE);
+        assert_eq!(n.as_str(), "gen-00000000000000000042.ckpt");
+        assert_eq!(parse_name(n.as_bytes()), Some((42, &b"ckpt"[..])));
+        assert_eq!(parse_name(b"gen-1.ckpt"), None);
+        assert_eq!(parse_name(b"lock"), None);
+    }
+
+    #[test]
+    fn prune_keeps_the_newest() {
+        let dir = std::env::temp_dir().join(format!("ckpt-prune-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for g in 1..=5 {
+            std::fs::write(dir.join(name(g, IMAGE).as_str()), b"x").unwrap();
+        }
+        std::fs::write(dir.join(name(2, CORRUPT).as_str()), b"x").unwrap();
+        std::fs::write(dir.join(name(5, CORRUPT).as_str()), b"x").unwrap();
+        std::fs::write(dir.join(name(3, TMP).as_str()), b"x").unwrap();
+        let fd = syscall::open(
+            format!("{}\0", dir.display()).as_bytes(),
+            libc::O_RDONLY | libc::O_DIRECTORY,
+            0,
+        )
+        .unwrap();
+        let mut buf = vec![0u8; 4096];
+        prune(fd, &mut buf, 5, 2);
+        syscall::close(fd).unwrap();
+        let mut left: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            vec![
+                name(4, IMAGE).to_string(),
+                name(5, CORRUPT).to_string(),
+                name(5, IMAGE).to_string()
+            ]
+        );
+        assert_eq!(
+            list(&dir)
+                .unwrap()
+                .iter()
+                .map(|g| g.number)
+                .collect::<Vec<_>>(),
+            vec![5, 4]
+        );
+        assert_eq!(highest(&dir).unwrap(), 5);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

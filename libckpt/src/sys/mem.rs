@@ -1,0 +1,216 @@
+//! Owned anonymous mappings and the `PAGEMAP_SCAN` ioctl that finds populated pages.
+//!
+//! # Safety
+//!
+//! [`Mapping`] owns the pages it maps and unmaps them in `Drop`; it hands out raw pointers only
+//! within its length. [`scan`] passes the kernel a buffer it owns for the duration of the call.
+#![allow(unsafe_code)]
+
+use super::syscall::{self, Errno, SysResult};
+
+/// The page size (x86_64 Linux base pages).
+pub const PAGE: usize = 4096;
+
+/// Rounds down to a page boundary.
+pub const fn page_floor(x: usize) -> usize {
+    x & !(PAGE - 1)
+}
+
+/// Rounds up to a page boundary.
+pub const fn page_ceil(x: usize) -> usize {
+    (x + PAGE - 1) & !(PAGE - 1)
+}
+
+/// An anonymous private mapping, unmapped on drop.
+#[derive(Debug)]
+pub struct Mapping {
+    addr: usize,
+    len: usize,
+}
+
+impl Mapping {
+    /// Maps `len` bytes read-write without reserving swap: untouched pages cost nothing.
+    pub fn anonymous(len: usize) -> SysResult<Mapping> {
+        let len = page_ceil(len.max(PAGE));
+        let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
+        // SAFETY: no MAP_FIXED: the kernel picks an unused range.
+        let addr =
+            unsafe { syscall::mmap(0, len, libc::PROT_READ | libc::PROT_WRITE, flags, -1, 0) }?;
+        Ok(Mapping { addr, len })
+    }
+
+    /// Maps `len` bytes read-write at exactly `addr`, failing if anything is there already.
+    pub fn anonymous_at(addr: usize, len: usize) -> SysResult<Mapping> {
+        let len = page_ceil(len.max(PAGE));
+        let flags = libc::MAP_PRIVATE
+            | libc::MAP_ANONYMOUS
+            | libc::MAP_NORESERVE
+            | libc::MAP_FIXED_NOREPLACE;
+        // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping.
+        let got =
+            unsafe { syscall::mmap(addr, len, libc::PROT_READ | libc::PROT_WRITE, flags, -1, 0) }?;
+        if got != addr {
+            // Kernels before 4.17 ignore the flag and treat the address as a hint.
+            // SAFETY: we just mapped [got, got + len) and nothing else refers to it.
+            let _ = unsafe { syscall::munmap(got, len) };
+            return Err(Errno(libc::EEXIST));
+        }
+        Ok(Mapping { addr, len })
+    }
+
+    /// First address.
+    pub fn addr(&self) -> usize {
+        self.addr
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Always false: a mapping has at least one page.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// Gives up ownership: the pages stay mapped for the life of the process.
+    pub fn leak(self) -> (usize, usize) {
+        let r = (self.addr, self.len);
+        core::mem::forget(self);
+        r
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: we own [addr, addr + len) and nothing borrows it past our lifetime.
+        let _ = unsafe { syscall::munmap(self.addr, self.len) };
+    }
+}
+
+/// A range of pages reported by `PAGEMAP_SCAN`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PageRegion {
+    /// First address.
+    pub start: u64,
+    /// One past the last address.
+    pub end: u64,
+    /// `PAGE_IS_*` categories of these pages.
+    pub categories: u64,
+}
+
+#[repr(C)]
+#[derive(Debug, Default)]
+struct PmScanArg {
+    size: u64,
+    flags: u64,
+    start: u64,
+    end: u64,
+    walk_end: u64,
+    vec: u64,
+    vec_len: u64,
+    max_pages: u64,
+    category_inverted: u64,
+    category_mask: u64,
+    category_anyof_mask: u64,
+    return_mask: u64,
+}
+
+/// `PAGEMAP_SCAN`: `_IOWR('f', 16, struct pm_scan_arg)`.
+const PAGEMAP_SCAN: u64 =
+    0xC000_0000 | ((size_of::<PmScanArg>() as u64) << 16) | (b'f' as u64) << 8 | 16;
+/// Page is written since write-protection (uffd-wp async).
+pub const PAGE_IS_WRITTEN: u64 = 1 << 1;
+/// Page is present in memory.
+pub const PAGE_IS_PRESENT: u64 = 1 << 3;
+/// Page is swapped out.
+pub const PAGE_IS_SWAPPED: u64 = 1 << 4;
+/// Page maps the shared zero page.
+pub const PAGE_IS_PFNZERO: u64 = 1 << 5;
+
+/// Calls `each(start, end)` for every run of pages in `[start, end)` that holds data: present or
+/// swapped, and not the shared zero page. Pages never touched read as zeros and are skipped.
+/// Uses `buf` as the kernel's output vector.
+pub fn scan_populated(
+    pagemap_fd: i32,
+    start: usize,
+    end: usize,
+    buf: &mut [PageRegion],
+    mut each: impl FnMut(usize, usize) -> Result<(), crate::error::RawError>,
+) -> Result<SysResult<()>, crate::error::RawError> {
+    let mut at = start as u64;
+    while at < end as u64 {
+        let mut arg = PmScanArg {
+            size: size_of::<PmScanArg>() as u64,
+            start: at,
+            end: end as u64,
+            vec: buf.as_mut_ptr() as u64,
+            vec_len: buf.len() as u64,
+            // Require "not the zero page"; accept present or swapped.
+            category_inverted: PAGE_IS_PFNZERO,
+            category_mask: PAGE_IS_PFNZERO,
+            category_anyof_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
+            return_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
+            ..Default::default()
+        };
+        // SAFETY: `arg` is a valid pm_scan_arg whose vec points to `buf`, which the kernel fills
+        // with at most `buf.len()` entries.
+        let n = unsafe {
+            syscall::syscall6(
+                libc::SYS_ioctl,
+                pagemap_fd as usize,
+                PAGEMAP_SCAN as usize,
+                &mut arg as *mut PmScanArg as usize,
+                0,
+                0,
+                0,
+            )
+        };
+        let n = match n {
+            Ok(n) => n,
+            Err(e) => return Ok(Err(e)),
+        };
+        for r in &buf[..n.min(buf.len())] {
+            each(r.start as usize, r.end as usize)?;
+        }
+        if arg.walk_end <= at {
+            break;
+        }
+        at = arg.walk_end;
+    }
+    Ok(Ok(()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scan_finds_only_written_pages() {
+        let m = Mapping::anonymous(64 * PAGE).unwrap();
+        // SAFETY: writes inside the mapping we own.
+        unsafe {
+            *((m.addr() + 3 * PAGE) as *mut u8) = 1;
+            *((m.addr() + 4 * PAGE) as *mut u8) = 1;
+            *((m.addr() + 40 * PAGE) as *mut u8) = 1;
+            // A read maps the zero page: not data.
+            let _ = core::ptr::read_volatile((m.addr() + 50 * PAGE) as *const u8);
+        }
+        let fd = syscall::open(b"/proc/self/pagemap\0", libc::O_RDONLY, 0).unwrap();
+        let mut buf = [PageRegion::default(); 1];
+        let mut runs = Vec::new();
+        let r = scan_populated(fd, m.addr(), m.addr() + m.len(), &mut buf, |s, e| {
+            runs.push(((s - m.addr()) / PAGE, (e - m.addr()) / PAGE));
+            Ok(())
+        })
+        .unwrap();
+        syscall::close(fd).unwrap();
+        if r == Err(Errno(libc::ENOTTY)) || r == Err(Errno(libc::EINVAL)) {
+            eprintln!("PAGEMAP_SCAN unsupported on this kernel; skipping");
+            return;
+        }
+        r.unwrap();
+        assert_eq!(runs, vec![(3, 5), (40, 41)]);
+    }
+}
