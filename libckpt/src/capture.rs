@@ -34,10 +34,6 @@ pub struct CaptureStats {
     pub generation: u64,
     /// Bytes of page data.
     pub data_bytes: u64,
-    /// Bytes of the image file.
-    pub file_bytes: u64,
-    /// Regions recorded.
-    pub regions: u32,
     /// Runs written.
     pub runs: u32,
 }
@@ -152,10 +148,11 @@ fn refuse_threads(t: &mut Tables<'_>) -> Result<(), RawError> {
     let me = syscall::gettid();
     let mut other = 0;
     store::each_dirent(b"/proc/self/task\0", t.arena.dents, |name| {
-        if let Some(tid) = parse_dec(name) {
-            if tid as i32 != me && other == 0 {
-                other = tid as i32;
-            }
+        if let Some(tid) = parse_dec(name).map(|t| t as i32)
+            && tid != me
+            && other == 0
+        {
+            other = tid;
         }
     })
     .map_err(|e| RawError::sys("list", b"/proc/self/task", e))?;
@@ -556,8 +553,6 @@ fn write_image(
     Ok(CaptureStats {
         generation,
         data_bytes: data_len,
-        file_bytes: off,
-        regions: t.n_regions as u32,
         runs: t.n_runs as u32,
     })
 }

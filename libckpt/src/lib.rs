@@ -5,6 +5,8 @@
 //! memory, registers and kernel state to a store, and after a crash the next run resumes exactly
 //! where the last committed checkpoint was taken. [`start`] does both.
 #![deny(unsafe_code)]
+// RawError is carried inline: it is built inside the signal handler, which may not allocate.
+#![allow(clippy::result_large_err)]
 
 mod arena;
 mod capture;

@@ -311,11 +311,14 @@ pub(crate) fn after_restore(rt: &mut Runtime, info_addr: usize) {
         let fd = name.iter().try_fold(0i32, |a, &b| {
             b.is_ascii_digit().then(|| a * 10 + (b - b'0') as i32)
         });
-        if let Some(fd) = fd {
-            if fd > 2 && fd != rt.dir_fd && fd != rt.lock_fd && n < stray.len() {
-                stray[n] = fd;
-                n += 1;
-            }
+        if let Some(fd) = fd
+            && fd > 2
+            && fd != rt.dir_fd
+            && fd != rt.lock_fd
+            && n < stray.len()
+        {
+            stray[n] = fd;
+            n += 1;
         }
     });
     for &fd in &stray[..n] {

@@ -91,11 +91,13 @@ pub fn prune(dir_fd: i32, dents: &mut [u8], current: u64, keep: u32) {
         return;
     };
     let _ = each_dirent_fd(fd, dents, |name| {
-        if let Some((g, suffix)) = parse_name(name) {
-            if suffix == IMAGE.as_bytes() && n < MAX_LISTED && g <= current {
-                images[n] = g;
-                n += 1;
-            }
+        if let Some((g, suffix)) = parse_name(name)
+            && suffix == IMAGE.as_bytes()
+            && n < MAX_LISTED
+            && g <= current
+        {
+            images[n] = g;
+            n += 1;
         }
     });
     let _ = syscall::close(fd);
@@ -156,16 +158,16 @@ pub fn list(dir: &Path) -> std::io::Result<Vec<Generation>> {
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         let name = entry.file_name();
-        if let Some((g, suffix)) = parse_name(name.as_encoded_bytes()) {
-            if suffix == IMAGE.as_bytes() {
-                out.push(Generation {
-                    number: g,
-                    path: entry.path(),
-                });
-            }
+        if let Some((g, suffix)) = parse_name(name.as_encoded_bytes())
+            && suffix == IMAGE.as_bytes()
+        {
+            out.push(Generation {
+                number: g,
+                path: entry.path(),
+            });
         }
     }
-    out.sort_by(|a, b| b.number.cmp(&a.number));
+    out.sort_by_key(|g| std::cmp::Reverse(g.number));
     Ok(out)
 }
 

@@ -111,7 +111,7 @@ mod tests {
     #[test]
     fn truncates_and_terminates() {
         let mut s = FixedStr::<8>::new();
-        write!(s, "{}", "abcdefghij").unwrap();
+        s.write_str("abcdefghij").unwrap();
         assert_eq!(s.as_bytes(), b"abcdefgh");
         assert_eq!(s.as_cstr(), None);
         let mut t = FixedStr::<8>::new();

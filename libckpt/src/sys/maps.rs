@@ -22,16 +22,6 @@ pub struct MapEntry<'a> {
 }
 
 impl MapEntry<'_> {
-    /// Length in bytes.
-    pub fn len(&self) -> usize {
-        self.end - self.start
-    }
-
-    /// Whether the mapping is empty (never, for a kernel-produced line).
-    pub fn is_empty(&self) -> bool {
-        self.end == self.start
-    }
-
     /// Backed by a file (a real path and an inode).
     pub fn is_file(&self) -> bool {
         self.inode != 0 && self.path.first() == Some(&b'/')

@@ -64,13 +64,8 @@ impl Mapping {
     }
 
     /// Length in bytes.
-    pub fn len(&self) -> usize {
+    pub fn size(&self) -> usize {
         self.len
-    }
-
-    /// Always false: a mapping has at least one page.
-    pub fn is_empty(&self) -> bool {
-        false
     }
 
     /// Gives up ownership: the pages stay mapped for the life of the process.
@@ -120,8 +115,6 @@ struct PmScanArg {
 /// `PAGEMAP_SCAN`: `_IOWR('f', 16, struct pm_scan_arg)`.
 const PAGEMAP_SCAN: u64 =
     0xC000_0000 | ((size_of::<PmScanArg>() as u64) << 16) | (b'f' as u64) << 8 | 16;
-/// Page is written since write-protection (uffd-wp async).
-pub const PAGE_IS_WRITTEN: u64 = 1 << 1;
 /// Page is present in memory.
 pub const PAGE_IS_PRESENT: u64 = 1 << 3;
 /// Page is swapped out.
@@ -200,7 +193,7 @@ mod tests {
         let fd = syscall::open(b"/proc/self/pagemap\0", libc::O_RDONLY, 0).unwrap();
         let mut buf = [PageRegion::default(); 1];
         let mut runs = Vec::new();
-        let r = scan_populated(fd, m.addr(), m.addr() + m.len(), &mut buf, |s, e| {
+        let r = scan_populated(fd, m.addr(), m.addr() + m.size(), &mut buf, |s, e| {
             runs.push(((s - m.addr()) / PAGE, (e - m.addr()) / PAGE));
             Ok(())
         })

@@ -163,7 +163,7 @@ pub fn restore_into(
         .map_err(|e| PlanError(format!("map restorer at {base:#x}: {e}")))?;
     let mut bump = Bump {
         next: plan_map.addr(),
-        end: plan_map.addr() + plan_map.len(),
+        end: plan_map.addr() + plan_map.size(),
     };
     let stack = bump
         .take::<u8>(PLAN_STACK)
@@ -181,7 +181,7 @@ pub fn restore_into(
         strings: bump.copy(&m.strings).ok_or_else(too_small)?,
         started_ns,
         bytes: m.header.data_len,
-        plan_range: (plan_map.addr(), plan_map.addr() + plan_map.len()),
+        plan_range: (plan_map.addr(), plan_map.addr() + plan_map.size()),
     };
     let runs = bump.copy(&m.runs).ok_or_else(too_small)?;
     let ops = bump.take::<Op>(m.regions.len() + 2).ok_or_else(too_small)?;
@@ -251,7 +251,7 @@ pub fn restore_into(
         let mut kept_libc = [false; 2];
         for e in maps::parse(cur) {
             let e = e.map_err(|_| PlanError("unparsable /proc/self/maps".into()))?;
-            let ours = e.start >= plan_map.addr() && e.end <= plan_map.addr() + plan_map.len();
+            let ours = e.start >= plan_map.addr() && e.end <= plan_map.addr() + plan_map.size();
             if ours || e.is_kernel_special() || e.path == b"[stack]" || e.path == b"[heap]" {
                 continue;
             }
@@ -361,7 +361,11 @@ pub fn restore_into(
         }
         Ok((n_ops, n_unmaps))
     })();
-    let close_opened = |opened: &[i32]| opened.iter().for_each(|&fd| drop(syscall::close(fd)));
+    let close_opened = |opened: &[i32]| {
+        for &fd in opened {
+            let _ = syscall::close(fd);
+        }
+    };
     let (n_ops, n_unmaps) = match result {
         Ok(v) => v,
         Err(e) => {
@@ -435,10 +439,10 @@ unsafe extern "C" fn restore_body(arg: *mut c_void) -> ! {
         }
     }
     for op in p.ops {
-        // SAFETY (all arms): each range is a saved region; the plan proved it overlaps neither
-        // the plan mapping nor the code and data this body uses.
         match op.kind {
             OP_MAP => {
+                // SAFETY: a saved region's range, which the plan proved overlaps neither the plan
+                // mapping nor the code this body runs.
                 let got = unsafe {
                     syscall::mmap(op.start, op.len, op.prot_fill, op.flags, op.fd, op.offset)
                 };
@@ -446,6 +450,8 @@ unsafe extern "C" fn restore_body(arg: *mut c_void) -> ! {
                     die(b"mmap", op.start);
                 }
             }
+            // SAFETY: a saved region's range, which the plan proved overlaps neither the plan
+            // mapping nor the code this body runs.
             OP_RESET => unsafe {
                 if syscall::mprotect(op.start, op.len, op.prot_fill).is_err() {
                     die(b"mprotect", op.start);
@@ -460,11 +466,15 @@ unsafe extern "C" fn restore_body(arg: *mut c_void) -> ! {
                     die(b"brk", p.brk);
                 }
                 if p.brk > op.start {
+                    // SAFETY: a saved region's range, which the plan proved overlaps neither the plan
+                    // mapping nor the code this body runs.
                     let _ = unsafe {
                         syscall::madvise(op.start, page_ceil(p.brk) - op.start, libc::MADV_DONTNEED)
                     };
                 }
             }
+            // SAFETY: a saved region's range, which the plan proved overlaps neither the plan
+            // mapping nor the code this body runs.
             OP_STACK => unsafe {
                 // Grow the stack down to the saved size by touching it (the kernel extends a
                 // grows-down mapping on fault), then zero it.

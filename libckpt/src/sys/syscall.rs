@@ -138,12 +138,6 @@ pub fn read(fd: i32, buf: &mut [u8]) -> SysResult {
     unsafe { sys!(libc::SYS_read, fd, buf.as_mut_ptr(), buf.len()) }
 }
 
-/// `pread64(fd, buf, offset)`.
-pub fn pread(fd: i32, buf: &mut [u8], offset: u64) -> SysResult {
-    // SAFETY: the kernel writes at most `buf.len()` bytes into `buf`.
-    unsafe { sys!(libc::SYS_pread64, fd, buf.as_mut_ptr(), buf.len(), offset) }
-}
-
 /// `pread64` into raw memory.
 ///
 /// # Safety
@@ -179,23 +173,6 @@ pub fn pwrite_all(fd: i32, mut buf: &[u8], mut offset: u64) -> SysResult<()> {
         }
     }
     Ok(())
-}
-
-/// Reads exactly `buf.len()` bytes at `offset`; a short file is `EIO`... reported as `Ok(false)`.
-pub fn pread_exact(fd: i32, buf: &mut [u8], mut offset: u64) -> SysResult<bool> {
-    let mut done = 0;
-    while done < buf.len() {
-        match pread(fd, &mut buf[done..], offset) {
-            Ok(0) => return Ok(false),
-            Ok(n) => {
-                done += n;
-                offset += n as u64;
-            }
-            Err(Errno(libc::EINTR)) => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(true)
 }
 
 /// Reads a whole small file (from /proc) into `buf`; returns the length or `ENOBUFS` if it
@@ -527,7 +504,8 @@ fn unreachable_exit() -> ! {
     }
 }
 
-/// `kill(getpid(), sig)`.
+/// `tgkill(getpid(), gettid(), sig)`.
+#[cfg_attr(not(feature = "fault-points"), allow(dead_code))]
 pub fn raise(sig: i32) {
     // SAFETY: no pointers.
     let _ = unsafe { sys!(libc::SYS_tgkill, getpid(), gettid(), sig) };
