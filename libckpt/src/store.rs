@@ -223,8 +223,8 @@ mod tests {
             left,
             vec![
                 name(4, IMAGE).to_string(),
-                name(5, CORRUPT).to_string(),
-                name(5, IMAGE).to_string()
+                name(5, IMAGE).to_string(),
+                name(5, CORRUPT).to_string()
             ]
         );
         assert_eq!(
