@@ -1,0 +1,2 @@
+//! Checkpoint and restore benchmark (being written).
+fn main() {}
