@@ -13,6 +13,7 @@ mod capture;
 mod config;
 mod error;
 mod fault;
+pub mod ffi;
 pub mod image;
 mod restore;
 mod runtime;

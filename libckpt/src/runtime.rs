@@ -207,7 +207,7 @@ pub fn init(cfg: Config) -> Result<()> {
     log_at!(
         r,
         Info,
-        "checkpointing into {} every {}, policy sequential, keeping {} (pages found by {})",
+        "checkpointing into {} {}, policy sequential, keeping {} (pages found by {})",
         dir.display(),
         Interval(r.cfg.interval),
         r.cfg.keep,
@@ -225,8 +225,8 @@ struct Interval(Option<std::time::Duration>);
 impl core::fmt::Display for Interval {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self.0 {
-            Some(d) => write!(f, "{:?}", d),
-            None => f.write_str("(manual only)"),
+            Some(d) => write!(f, "every {d:?}"),
+            None => f.write_str("on demand only"),
         }
     }
 }
