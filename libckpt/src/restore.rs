@@ -253,7 +253,9 @@ pub fn restore(cfg: &Config) -> Result<()> {
             ),
         );
         let fd = std::os::fd::IntoRawFd::into_raw_fd(file);
-        let err = crate::sys::restore::restore_into(&m, fd, dir_fd, lock_fd, next_gen).unwrap_err();
+        let err =
+            crate::sys::restore::restore_into(&m, fd, dir_fd, lock_fd, next_gen, settings(cfg))
+                .unwrap_err();
         let _ = syscall::close(fd);
         close();
         return Err(Error::Layout {
@@ -273,12 +275,28 @@ pub fn restore(cfg: &Config) -> Result<()> {
     })
 }
 
+/// The restarting run's settings that the restored process takes over.
+fn settings(cfg: &Config) -> crate::sys::restore::Settings {
+    crate::sys::restore::Settings {
+        interval_ns: cfg.interval.map_or(0, |d| d.as_nanos() as u64),
+        keep: cfg.keep,
+        log: cfg.log,
+        fault: crate::fault::from_env(),
+    }
+}
+
 /// Runs in the restored process, inside the checkpoint that was taken, right after the jump:
 /// re-creates the kernel state the image's memory refers to. Async-signal-safe: it may run
 /// inside the timer's handler.
 pub(crate) fn after_restore(rt: &mut Runtime, info_addr: usize) {
     // SAFETY: the restorer passed the address of its RestoreInfo, still mapped.
     let info = unsafe { &*(info_addr as *const RestoreInfo) };
+    // The restarting run's environment decides how checkpointing goes on.
+    let s = &info.settings;
+    rt.cfg.interval = (s.interval_ns > 0).then(|| std::time::Duration::from_nanos(s.interval_ns));
+    rt.cfg.keep = s.keep;
+    rt.cfg.log = s.log;
+    crate::fault::install(s.fault);
     if let Some(off) = rt.tid_offset {
         // SAFETY: the offset was proven at init in this same binary and libc.
         unsafe { glibc::patch_tid(off) };

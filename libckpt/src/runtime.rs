@@ -103,17 +103,19 @@ pub(crate) fn open_store(dir: &std::path::Path) -> Result<(i32, i32)> {
         0,
     )
     .map_err(|e| io("open store directory", e.io()))?;
+    // The lock is the directory itself, opened a second time: it needs nothing written, so a
+    // store that has become read-only still restores (and its checkpoints fail cleanly).
     let lock = syscall::openat(
         dir_fd,
-        b"lock\0",
-        libc::O_RDWR | libc::O_CREAT | libc::O_CLOEXEC,
-        0o600,
+        b".\0",
+        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        0,
     );
     let lock_fd = match lock {
         Ok(fd) => fd,
         Err(e) => {
             let _ = syscall::close(dir_fd);
-            return Err(io("create lock file in", e.io()));
+            return Err(io("open store directory", e.io()));
         }
     };
     if let Err(e) = syscall::flock(lock_fd, libc::LOCK_EX | libc::LOCK_NB) {
@@ -157,7 +159,7 @@ pub fn init(cfg: Config) -> Result<()> {
         return Err(Error::AlreadyInitialized);
     }
     crate::restore::ensure_fixed_layout()?;
-    crate::fault::arm();
+    crate::fault::install(crate::fault::from_env());
     let (dir_fd, lock_fd) = open_store(&dir)?;
     let arena = match Arena::new() {
         Ok(a) => Box::into_raw(Box::new(a)),

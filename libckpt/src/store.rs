@@ -3,8 +3,9 @@
 //! Layout of a store directory:
 //! - `gen-<20 digits>.ckpt` — a committed image;
 //! - `gen-<20 digits>.tmp` — an image being written (or left by a checkpoint that was killed);
-//! - `gen-<20 digits>.corrupt` — an image a restore found damaged and set aside;
-//! - `lock` — held with `flock` by the one process using the store.
+//! - `gen-<20 digits>.corrupt` — an image a restore found damaged and set aside.
+//!
+//! The one process using a store holds an `flock` on the directory itself.
 
 use core::fmt::Write as _;
 use std::path::{Path, PathBuf};

@@ -48,6 +48,22 @@ pub struct RestoreInfo {
     pub bytes: u64,
     /// The plan mapping, to be unmapped once this info has been consumed.
     pub plan_range: (usize, usize),
+    /// The restarting run's settings, which replace the ones remembered in the image.
+    pub settings: Settings,
+}
+
+/// Settings of the restarting run that outlive the memory it replaces.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// Checkpoint interval in nanoseconds, 0 for none.
+    pub interval_ns: u64,
+    /// Generations kept.
+    pub keep: u32,
+    /// Log level.
+    pub log: crate::config::LogLevel,
+    /// Fault-injection setting.
+    pub fault: crate::fault::Spec,
 }
 
 const OP_MAP: u32 = 1;
@@ -131,6 +147,7 @@ pub fn restore_into(
     dir_fd: i32,
     lock_fd: i32,
     next_gen: u64,
+    settings: Settings,
 ) -> Result<core::convert::Infallible, PlanError> {
     let started_ns = syscall::monotonic_ns();
     // Everything that allocates happens first: the map of this process read afterwards is
@@ -182,6 +199,7 @@ pub fn restore_into(
         started_ns,
         bytes: m.header.data_len,
         plan_range: (plan_map.addr(), plan_map.addr() + plan_map.size()),
+        settings,
     };
     let runs = bump.copy(&m.runs).ok_or_else(too_small)?;
     let ops = bump.take::<Op>(m.regions.len() + 2).ok_or_else(too_small)?;

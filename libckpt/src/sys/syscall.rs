@@ -505,7 +505,6 @@ fn unreachable_exit() -> ! {
 }
 
 /// `tgkill(getpid(), gettid(), sig)`.
-#[cfg_attr(not(feature = "fault-points"), allow(dead_code))]
 pub fn raise(sig: i32) {
     // SAFETY: no pointers.
     let _ = unsafe { sys!(libc::SYS_tgkill, getpid(), gettid(), sig) };
