@@ -577,3 +577,9 @@ fn check_refs(m: &Manifest) -> Result<(), FormatError> {
     }
     Ok(())
 }
+
+// The sizes IMAGE-FORMAT.md documents.
+const _: () = assert!(size_of::<Header>() == 88);
+const _: () = assert!(
+    size_of::<RegionRec>() == 56 && size_of::<RunRec>() == 32 && size_of::<FileRec>() == 40
+);
