@@ -146,21 +146,24 @@ fn another_binary_is_refused() {
 
 #[test]
 fn failing_store_writes_keep_the_program_running_and_the_previous_checkpoint() {
-    // Every image write fails with ENOSPC from the 60th page run on (a few images in).
+    // Image writes fail with ENOSPC from the 60th page run on (a few images in).
     let p = smoke();
     let (digest, _) = baseline(&p);
     let store = TempDir::new("enospc");
-    let r = p.run(
-        &[
-            ("CKPT_DIR", store.path().to_str().unwrap()),
-            ("CKPT_INTERVAL", "100ms"),
-            ("CKPT_LOG", "info"),
-            ("CKPT_FAULT", "write-data@60"),
-        ],
-        LIMIT,
-    );
+    let dir = store.path().to_str().unwrap();
+    let failing = [
+        ("CKPT_DIR", dir),
+        ("CKPT_INTERVAL", "100ms"),
+        ("CKPT_LOG", "info"),
+        ("CKPT_FAULT", "write-data@60"),
+    ];
+    let r = p.run(&failing, LIMIT);
     r.assert_ok("run with failing writes");
-    assert_eq!(r.digest().as_deref(), Some(digest.as_str()));
+    assert_eq!(
+        r.digest().as_deref(),
+        Some(digest.as_str()),
+        "the program must finish correctly"
+    );
     assert!(
         r.stderr
             .contains("failed, the previous checkpoint is intact")
@@ -168,7 +171,14 @@ fn failing_store_writes_keep_the_program_running_and_the_previous_checkpoint() {
         "{}",
         r.stderr
     );
-    let left = std::fs::read_dir(store.path())
+    // Again, killed after a failed checkpoint: the last good one restores and finishes.
+    let log = run_until_logged(
+        &p,
+        &failing,
+        "failed, the previous checkpoint is intact",
+        LIMIT,
+    );
+    let tmp = std::fs::read_dir(store.path())
         .unwrap()
         .filter(|e| {
             e.as_ref()
@@ -178,11 +188,14 @@ fn failing_store_writes_keep_the_program_running_and_the_previous_checkpoint() {
                 .ends_with(".tmp")
         })
         .count();
-    assert_eq!(left, 0, "a failed checkpoint left its temporary file");
-    // The last good checkpoint restores and finishes with the same result.
+    assert_eq!(tmp, 0, "a failed checkpoint left its temporary file\n{log}");
+    assert!(
+        !images(store.path()).is_empty(),
+        "no committed checkpoint before the failure\n{log}"
+    );
     let again = p.run(
         &[
-            ("CKPT_DIR", store.path().to_str().unwrap()),
+            ("CKPT_DIR", dir),
             ("CKPT_RESTORE", "require"),
             ("CKPT_LOG", "info"),
         ],
@@ -231,18 +244,17 @@ fn full_store_fails_checkpoints_cleanly() {
     let Some(_m) = tmpfs(dir.path(), "48m") else {
         return;
     };
-    let r = p.run(
-        &[
-            ("CKPT_DIR", dir.path().to_str().unwrap()),
-            ("CKPT_INTERVAL", "100ms"),
-            ("CKPT_LOG", "info"),
-        ],
-        LIMIT,
-    );
+    let env = [
+        ("CKPT_DIR", dir.path().to_str().unwrap()),
+        ("CKPT_INTERVAL", "100ms"),
+        ("CKPT_LOG", "info"),
+    ];
+    let r = p.run(&env, LIMIT);
     r.assert_ok("run on a full store");
     assert_eq!(r.digest().as_deref(), Some(digest.as_str()));
     assert!(r.stderr.contains("no space left on device"), "{}", r.stderr);
-    assert_eq!(images(dir.path()).len(), 1);
+    let log = run_until_logged(&p, &env, "no space left on device", LIMIT);
+    assert_eq!(images(dir.path()).len(), 1, "{log}");
     let again = p.run(
         &[
             ("CKPT_DIR", dir.path().to_str().unwrap()),
@@ -264,29 +276,32 @@ fn read_only_store_fails_checkpoints_cleanly() {
         return;
     };
     let store = dir.path().join("s");
+    let env = [
+        ("CKPT_DIR", store.to_str().unwrap()),
+        ("CKPT_INTERVAL", "100ms"),
+        ("CKPT_LOG", "info"),
+    ];
     checkpoint_then_kill(&p, &store, 1, &[]);
+    let before = images(&store);
     let ro = std::process::Command::new("mount")
         .args(["-o", "remount,ro"])
         .arg(dir.path())
         .status()
         .unwrap();
     assert!(ro.success());
-    // The restore works from the read-only store; every later checkpoint fails cleanly.
-    let r = p.run(
-        &[
-            ("CKPT_DIR", store.to_str().unwrap()),
-            ("CKPT_INTERVAL", "100ms"),
-            ("CKPT_LOG", "info"),
-        ],
-        LIMIT,
-    );
-    r.assert_ok("run on a read-only store");
-    assert_eq!(r.digest().as_deref(), Some(digest.as_str()));
-    assert!(r.stderr.contains("read-only file system"), "{}", r.stderr);
+    // The restore works from the read-only store; every later checkpoint fails cleanly and the
+    // program runs on.
+    let log = run_until_logged(&p, &env, "read-only file system", LIMIT);
+    assert!(log.contains("restored generation"), "{log}");
     let _ = std::process::Command::new("mount")
         .args(["-o", "remount,rw"])
         .arg(dir.path())
         .status();
+    assert_eq!(
+        images(&store),
+        before,
+        "the read-only run changed the store"
+    );
     let again = p.run(
         &[
             ("CKPT_DIR", store.to_str().unwrap()),

@@ -206,6 +206,11 @@ pub fn init(cfg: Config) -> Result<()> {
         return Err(e);
     }
     RUNTIME.store(rt, Ordering::Release);
+    static AT_EXIT: AtomicBool = AtomicBool::new(false);
+    if !AT_EXIT.swap(true, Ordering::AcqRel) {
+        // SAFETY: registering a plain extern "C" function with no arguments.
+        unsafe { libc::atexit(on_normal_exit) };
+    }
     log_at!(
         r,
         Info,
@@ -285,6 +290,36 @@ fn teardown(rt: *mut Runtime) {
         }
     }
     // The arena stays mapped: a restored image may refer to it; it is untouched pages only.
+}
+
+/// A program that exits normally has finished its computation: its checkpoints are retired so
+/// the next run of the same command starts afresh instead of resuming at the end. (A crash, a
+/// kill or `_exit` never gets here, so their checkpoints stay.)
+extern "C" fn on_normal_exit() {
+    let rt = RUNTIME.swap(core::ptr::null_mut(), Ordering::AcqRel);
+    if rt.is_null() {
+        return;
+    }
+    // SAFETY: published by init; unpublished above, so no new checkpoint starts, and a running
+    // one finishes before we take `busy` (the handler cannot run on this thread meanwhile
+    // because the signal is blocked first).
+    let r = unsafe { &*rt };
+    let _ = syscall::sigprocmask(libc::SIG_BLOCK, Some(&signals::sigbit(r.sig)), None);
+    while r.busy.swap(true, Ordering::Acquire) {
+        std::thread::yield_now();
+    }
+    if let Some(id) = r.timer {
+        let _ = signals::timer_delete(id);
+    }
+    // SAFETY: we hold `busy`, so the arena is ours.
+    let dents = unsafe { &mut *r.arena }.dents as *mut [u8];
+    // SAFETY: as above.
+    let removed = store::remove_all(r.dir_fd, unsafe { &mut *dents });
+    log_at!(
+        r,
+        Info,
+        "finished normally; removed {removed} checkpoint file(s)"
+    );
 }
 
 /// `ckpt::shutdown`.

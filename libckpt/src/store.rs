@@ -144,6 +144,44 @@ pub fn prune(dir_fd: i32, dents: &mut [u8], current: u64, keep: u32) {
     }
 }
 
+/// Deletes every generation file (committed, temporary, damaged) in the store; returns how many.
+pub fn remove_all(dir_fd: i32, dents: &mut [u8]) -> usize {
+    let mut removed = 0;
+    // Deleting while listing can skip entries; list again until a pass finds nothing.
+    loop {
+        let mut batch = [[0u8; 48]; 64];
+        let mut n = 0;
+        let Ok(fd) = syscall::openat(
+            dir_fd,
+            b".\0",
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            0,
+        ) else {
+            return removed;
+        };
+        let _ = each_dirent_fd(fd, dents, |name| {
+            if parse_name(name).is_some() && n < batch.len() && name.len() < 48 {
+                batch[n][..name.len()].copy_from_slice(name);
+                n += 1;
+            }
+        });
+        let _ = syscall::close(fd);
+        if n == 0 {
+            return removed;
+        }
+        for name in &batch[..n] {
+            let len = name.iter().position(|&b| b == 0).unwrap_or(47);
+            let mut c = [0u8; 48];
+            c[..len].copy_from_slice(&name[..len]);
+            if syscall::unlinkat(dir_fd, &c[..=len]).is_ok() {
+                removed += 1;
+            } else {
+                return removed;
+            }
+        }
+    }
+}
+
 /// A committed generation found in a store.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Generation {

@@ -31,11 +31,15 @@ pub fn rust_example(name: &str) -> PathBuf {
     BUILT.get_or_init(|| {
         let release = profile_dir().file_name().is_some_and(|n| n == "release");
         let mut cmd = Command::new(env!("CARGO"));
-        cmd.args(["build", "--examples"]).current_dir(env!("CARGO_MANIFEST_DIR"));
+        cmd.args(["build", "--examples"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"));
         if release {
             cmd.arg("--release");
         }
-        assert!(cmd.status().expect("run cargo build --examples").success(), "cargo build --examples failed");
+        assert!(
+            cmd.status().expect("run cargo build --examples").success(),
+            "cargo build --examples failed"
+        );
     });
     let p = profile_dir().join("examples").join(name);
     assert!(p.exists(), "example {name} not built at {}", p.display());
@@ -372,4 +376,51 @@ pub fn kill_and_restart(
     let r = p.run(&env, base * 20 + Duration::from_secs(60));
     log.push_str(&format!("--- final run: {:?}\n{}", r.status, r.stderr));
     (r, log)
+}
+
+/// Runs `p` until a line of its stderr contains `needle`, then kills it with SIGKILL. Returns
+/// the stderr so far. Panics if the program ends first or `limit` passes.
+pub fn run_until_logged(
+    p: &Program,
+    extra: &[(&str, &str)],
+    needle: &str,
+    limit: Duration,
+) -> String {
+    use std::io::BufRead;
+    let start = Instant::now();
+    let mut child = p.spawn(extra);
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut log = String::new();
+    loop {
+        match rx.recv_timeout(Duration::from_millis(50)) {
+            Ok(line) => {
+                let hit = line.contains(needle);
+                log.push_str(&line);
+                log.push('\n');
+                if hit {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return log;
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                let st = child.wait().unwrap();
+                panic!("program ended ({st:?}) before logging {needle:?}\n{log}");
+            }
+        }
+        assert!(
+            start.elapsed() < limit,
+            "no {needle:?} within {limit:?}\n{log}"
+        );
+    }
 }
