@@ -113,6 +113,7 @@ int ckpt_init(void);
 
 /*
  Takes a checkpoint now; returns once it is committed (and again after a restore from it).
+ A no-op when `ckpt_init` found checkpointing off; `CKPT_ENOTINIT` before `ckpt_init`.
  */
 int ckpt_checkpoint_now(void);
 

@@ -106,6 +106,7 @@ pub extern "C" fn ckpt_init() -> c_int {
 }
 
 /// Takes a checkpoint now; returns once it is committed (and again after a restore from it).
+/// A no-op when `ckpt_init` found checkpointing off; `CKPT_ENOTINIT` before `ckpt_init`.
 #[unsafe(no_mangle)]
 pub extern "C" fn ckpt_checkpoint_now() -> c_int {
     status(crate::checkpoint_now())

@@ -47,7 +47,8 @@ pub fn start(config: Config) -> Result<()> {
 
 /// Takes a checkpoint now and returns once it is committed (or failed, leaving the previous
 /// checkpoint intact). After a restore from this checkpoint, it returns `Ok(())` again, in the
-/// restarted process.
+/// restarted process. When `init` ran with checkpointing off it does nothing; before `init` it
+/// is [`Error::NotInitialized`].
 pub fn checkpoint_now() -> Result<()> {
     runtime::checkpoint_now()
 }

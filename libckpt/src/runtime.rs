@@ -53,6 +53,8 @@ pub struct Runtime {
 }
 
 static RUNTIME: AtomicPtr<Runtime> = AtomicPtr::new(core::ptr::null_mut());
+/// `init` ran with checkpointing off (no store): `checkpoint_now` and `exclude` do nothing.
+static OFF: AtomicBool = AtomicBool::new(false);
 
 macro_rules! log_at {
     ($rt:expr, $lvl:ident, $($arg:tt)*) => {
@@ -150,6 +152,7 @@ pub(crate) fn open_pagemap() -> i32 {
 /// `ckpt::init`.
 pub fn init(cfg: Config) -> Result<()> {
     let Some(dir) = cfg.store_dir.clone() else {
+        OFF.store(true, Ordering::Release);
         if cfg.log >= LogLevel::Debug {
             crate::text::log_line(format_args!("CKPT_DIR is not set; checkpointing is off"));
         }
@@ -452,7 +455,11 @@ extern "C" fn on_signal(_sig: i32, _info: *mut libc::siginfo_t, _uctx: *mut c_vo
 pub fn checkpoint_now() -> Result<()> {
     let rt = RUNTIME.load(Ordering::Acquire);
     if rt.is_null() {
-        return Err(Error::NotInitialized);
+        return if OFF.load(Ordering::Acquire) {
+            Ok(())
+        } else {
+            Err(Error::NotInitialized)
+        };
     }
     // SAFETY: published by init.
     let sig = unsafe { (*rt).sig };
@@ -467,7 +474,11 @@ pub fn checkpoint_now() -> Result<()> {
 pub fn exclude(start: usize, len: usize) -> Result<()> {
     let rt = RUNTIME.load(Ordering::Acquire);
     if rt.is_null() {
-        return Err(Error::NotInitialized);
+        return if OFF.load(Ordering::Acquire) {
+            Ok(())
+        } else {
+            Err(Error::NotInitialized)
+        };
     }
     // Only whole pages inside the range can be left out.
     let (s, e) = (page_ceil(start), page_floor(start.saturating_add(len)));
