@@ -27,12 +27,12 @@ fn survives(p: &Program, name: &str) {
 #[test]
 fn c_examples_under_preload_survive_kill_and_restart() {
     let so = libckpt_so();
-    let bin = native_examples();
+    let bin = native_examples("c");
     for name in C {
-        let exe = bin.join(format!("{name}_c"));
+        let exe = bin.join(name);
         assert!(exe.exists(), "C example {} was not built", exe.display());
         let p = Program::new(exe, &[]).env("LD_PRELOAD", so.to_str().unwrap());
-        survives(&p, &format!("{name}_c"));
+        survives(&p, &format!("{name} (C)"));
     }
 }
 
@@ -43,12 +43,12 @@ fn fortran_example_survives_kill_and_restart() {
         return;
     }
     let so = libckpt_so();
-    let exe = native_examples().join("matmul_f");
+    let exe = native_examples("fortran").join("matmul");
     assert!(
         exe.exists(),
         "Fortran example {} was not built",
         exe.display()
     );
     let p = Program::new(exe, &[]).env("LD_PRELOAD", so.to_str().unwrap());
-    survives(&p, "matmul_f");
+    survives(&p, "matmul (Fortran)");
 }

@@ -68,34 +68,25 @@ pub fn libckpt_so() -> PathBuf {
         .clone()
 }
 
-/// Builds the C and Fortran examples with their Makefiles into the target directory.
-/// Returns the output directory.
-pub fn native_examples() -> PathBuf {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let out = profile_dir().join("native-examples");
-            std::fs::create_dir_all(&out).unwrap();
-            let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-            for dir in ["examples/c", "examples/fortran"] {
-                let dir = root.join(dir);
-                if !dir.join("Makefile").exists() {
-                    continue;
-                }
-                if dir.ends_with("fortran") && !have("gfortran") {
-                    continue;
-                }
-                let st = Command::new("make")
-                    .arg("-C")
-                    .arg(&dir)
-                    .arg(format!("OUT={}", out.display()))
-                    .status()
-                    .expect("run make");
-                assert!(st.success(), "make in {} failed", dir.display());
-            }
-            out
-        })
-        .clone()
+/// Builds the examples of `examples/<lang>` (`c` or `fortran`) with their Makefile into the
+/// target directory; returns the directory holding the programs.
+pub fn native_examples(lang: &str) -> PathBuf {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let out = profile_dir().join("native-examples").join(lang);
+    std::fs::create_dir_all(&out).unwrap();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples")
+        .join(lang);
+    let st = Command::new("make")
+        .arg("-s")
+        .arg("-C")
+        .arg(&dir)
+        .arg(format!("OUT={}", out.display()))
+        .status()
+        .expect("run make");
+    assert!(st.success(), "make in {} failed", dir.display());
+    out
 }
 
 /// Whether a command is on PATH.
@@ -122,6 +113,10 @@ impl TempDir {
     pub fn new(name: &str) -> TempDir {
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name: String = name
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect();
         let p = profile_dir()
             .join("test-tmp")
             .join(format!("{name}-{}-{n}", std::process::id()));
