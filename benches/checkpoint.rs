@@ -39,7 +39,7 @@ const IO_CHUNK: usize = MIB;
 /// The target from the issue: checkpoint throughput at least this fraction of write+fsync.
 const TARGET_RATIO: f64 = 0.8;
 /// Committed generations the store keeps (the library's default, set explicitly so that the
-/// write reference can rotate its files the same way).
+/// write reference can recycle its files the same way).
 const KEEP: u32 = 2;
 
 /// Child modes (value of `CKPT_BENCH_CHILD`).
@@ -233,8 +233,9 @@ mod child {
     /// The references, in a process shaped like the checkpointed one (its own populated buffer
     /// of the same size, spawned the same way), so that neither side is favoured by the state of
     /// its process. Reads commands from stdin and answers each with `t <ns>...`:
-    /// `memcpy`; `write <k>` (create, write and fsync reference file k: write ns, fsync ns);
-    /// `unlink <k>`; `read <k>` (evict file k from the page cache, then read it whole).
+    /// `memcpy`; `write <k>` (write reference file k over whatever it holds, cut it to size,
+    /// fsync: write ns, fsync ns); `recycle <j> <k>` (rename file j to k, as the store recycles
+    /// its oldest image); `read <k>` (evict file k from the page cache, then read it whole).
     fn reference() -> Result<()> {
         let s = Settings::from_env()?;
         let bytes: usize = std::env::var("CKPT_BENCH_BYTES")?.parse()?;
@@ -247,8 +248,10 @@ mod child {
         out.flush()?;
         for cmd in std::io::stdin().lock().lines() {
             let cmd = cmd?;
-            let (op, k) = cmd.split_once(' ').unwrap_or((cmd.as_str(), "0"));
-            let path = s.reference_file(k.parse()?);
+            let mut words = cmd.split(' ');
+            let op = words.next().unwrap_or("");
+            let k: usize = words.next().unwrap_or("0").parse()?;
+            let path = s.reference_file(k);
             let t = Instant::now();
             let reply = match op {
                 "memcpy" => {
@@ -257,17 +260,23 @@ mod child {
                     vec![t.elapsed()]
                 }
                 "write" => {
-                    let mut f = File::create(&path)?;
+                    let mut f = fs::OpenOptions::new()
+                        .write(true)
+                        .create(true)
+                        .truncate(false)
+                        .open(&path)?;
                     for chunk in src.chunks(IO_CHUNK) {
                         f.write_all(chunk)?;
                     }
+                    f.set_len(src.len() as u64)?;
                     let written = t.elapsed();
                     f.sync_all()?;
                     drop(f);
                     vec![written, t.elapsed() - written]
                 }
-                "unlink" => {
-                    fs::remove_file(&path)?;
+                "recycle" => {
+                    let to: usize = words.next().ok_or("recycle needs two files")?.parse()?;
+                    fs::rename(&path, s.reference_file(to))?;
                     vec![t.elapsed()]
                 }
                 "read" => {
@@ -481,14 +490,16 @@ fn measure(s: &Settings, mib: usize) -> Result<Row> {
         if ckpt_first {
             t.ckpt.push(ckpt.ask("go")?[0]);
         }
-        // The store's lifecycle: round k writes a new file, then the file of round k - KEEP goes.
+        // The store's lifecycle: once it holds KEEP files, round k overwrites the file of round
+        // k - KEEP in place (renamed first), so the reference writes the same kind of blocks.
+        if k > keep {
+            t.unlink
+                .push(refc.ask(&format!("recycle {} {k}", k - keep))?[0]);
+        }
         let w = refc.ask(&format!("write {k}"))?;
         t.write_calls.push(w[0]);
         t.fsync.push(w[1]);
         t.write_fsync.push(w[0] + w[1]);
-        if k > keep {
-            t.unlink.push(refc.ask(&format!("unlink {}", k - keep))?[0]);
-        }
         if !ckpt_first {
             t.ckpt.push(ckpt.ask("go")?[0]);
         }
@@ -873,12 +884,11 @@ fn print_tables(s: &Settings, rows: &[Row]) {
     println!();
     println!(
         "where a checkpoint's time can go (medians, ms): the reference split into its write(2) \
-         calls and its fsync, and the unlink of a file two rounds old (the store prunes inside \
-         each checkpoint)"
+         calls and its fsync, and the rename that recycles the oldest file (as the store does)"
     );
     println!(
         "{:<8} {:>8} {:>8} {:>8} {:>8} {:>13} {:>10}",
-        "size", "ckpt", "write(2)", "fsync", "unlink", "sum of three", "ckpt - sum"
+        "size", "ckpt", "write(2)", "fsync", "rename", "sum of three", "ckpt - sum"
     );
     for r in rows {
         let (c, w, f, u) = (

@@ -108,13 +108,7 @@ pub fn capture(
     );
     // A stale file of this name is the leftover of a checkpoint killed mid-write.
     let _ = syscall::unlinkat(rt.dir_fd, tmp_c);
-    let fd = syscall::openat(
-        rt.dir_fd,
-        tmp_c,
-        libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_CLOEXEC,
-        0o600,
-    )
-    .map_err(|e| RawError::sys("create", tmp_c, e))?;
+    let fd = open_image(rt, t.arena.dents, tmp_c)?;
     let result = write_image(rt, &mut t, fd, &mut process, ctx, generation);
     let closed = syscall::close(fd);
     let result = result.and_then(|s| {
@@ -142,6 +136,32 @@ pub fn capture(
     syscall::fsync(rt.dir_fd).map_err(|e| RawError::sys("fsync directory of", fin_c, e))?;
     store::prune(rt.dir_fd, t.arena.dents, generation, rt.cfg.keep);
     Ok(stats)
+}
+
+/// Opens the file the new image is written to. When the store already holds `keep` committed
+/// images (and `keep` ≥ 2, so another stays committed throughout), the oldest is renamed to the
+/// temporary name and overwritten in place: the paper's "at most two files", no delete on the
+/// critical path, and blocks the disk has already allocated.
+fn open_image(rt: &Runtime, dents: &mut [u8], tmp_c: &[u8]) -> Result<i32, RawError> {
+    let mut gens = [0u64; 64];
+    let n = store::committed(rt.dir_fd, dents, &mut gens);
+    let keep = rt.cfg.keep as usize;
+    if keep >= 2 && n >= keep {
+        let mut oldest = store::name(gens[0], store::IMAGE);
+        if let Some(old_c) = oldest.as_cstr()
+            && syscall::renameat(rt.dir_fd, old_c, tmp_c).is_ok()
+        {
+            return syscall::openat(rt.dir_fd, tmp_c, libc::O_WRONLY | libc::O_CLOEXEC, 0)
+                .map_err(|e| RawError::sys("open", tmp_c, e));
+        }
+    }
+    syscall::openat(
+        rt.dir_fd,
+        tmp_c,
+        libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_CLOEXEC,
+        0o600,
+    )
+    .map_err(|e| RawError::sys("create", tmp_c, e))
 }
 
 fn refuse_threads(t: &mut Tables<'_>) -> Result<(), RawError> {
@@ -549,6 +569,8 @@ fn write_image(
     };
     h.header_crc = h.compute_crc();
     syscall::pwrite_all(fd, h.as_bytes(), 0).map_err(|e| RawError::sys("write", b"header", e))?;
+    // A recycled file may be longer than this image.
+    syscall::ftruncate(fd, off).map_err(|e| RawError::sys("truncate", b"image", e))?;
     syscall::fsync(fd).map_err(|e| RawError::sys("fsync", b"image", e))?;
     Ok(CaptureStats {
         generation,
@@ -632,6 +654,13 @@ fn write_run(
     let crc = crc32c::crc32c(bytes);
     syscall::pwrite_all(fd, bytes, *off)
         .map_err(|e: Errno| RawError::sys("write", b"page data", e))?;
+    // Start the device on what is written so far, so that its work overlaps the checksums and
+    // copies of the rest instead of all waiting for the final fsync.
+    let flushed = *off / WRITEBACK_BATCH;
+    if (*off + len as u64) / WRITEBACK_BATCH > flushed {
+        let from = flushed * WRITEBACK_BATCH;
+        let _ = syscall::start_writeback(fd, from, *off + len as u64 - from);
+    }
     t.arena.runs[t.n_runs] = RunRec {
         addr: addr as u64,
         len: len as u64,
@@ -643,6 +672,9 @@ fn write_run(
     *off += len as u64;
     Ok(())
 }
+
+/// Bytes of image written between two writeback kicks.
+const WRITEBACK_BATCH: u64 = 16 << 20;
 
 fn parse_dec(s: &[u8]) -> Option<u64> {
     if s.is_empty() || s.len() > 19 {

@@ -55,7 +55,8 @@ impl Default for Config {
             store_dir: None,
             interval: None,
             policy: Policy::Sequential,
-            // The paper keeps at most two checkpoints: the committed one and the one being written.
+            // As in the paper, at most two image files: between checkpoints the newest and the
+            // previous one (a fallback); while one is written, it and the newest.
             keep: 2,
             restore: RestoreMode::Auto,
             log: LogLevel::Info,

@@ -78,10 +78,8 @@ fn each_dirent_fd(fd: i32, buf: &mut [u8], mut f: impl FnMut(&[u8])) -> SysResul
     }
 }
 
-/// Deletes committed generations beyond the newest `keep`, damaged ones older than those kept,
-/// and temporaries older than `current`. Best effort: a failure leaves extra files, never fewer.
-pub fn prune(dir_fd: i32, dents: &mut [u8], current: u64, keep: u32) {
-    let mut images = [0u64; MAX_LISTED];
+/// Fills `out` with the committed generations of the store, oldest first; returns how many.
+pub fn committed(dir_fd: i32, dents: &mut [u8], out: &mut [u64]) -> usize {
     let mut n = 0;
     let Ok(fd) = syscall::openat(
         dir_fd,
@@ -89,21 +87,29 @@ pub fn prune(dir_fd: i32, dents: &mut [u8], current: u64, keep: u32) {
         libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
         0,
     ) else {
-        return;
+        return 0;
     };
     let _ = each_dirent_fd(fd, dents, |name| {
         if let Some((g, suffix)) = parse_name(name)
             && suffix == IMAGE.as_bytes()
-            && n < MAX_LISTED
-            && g <= current
+            && n < out.len()
         {
-            images[n] = g;
+            out[n] = g;
             n += 1;
         }
     });
     let _ = syscall::close(fd);
+    out[..n].sort_unstable();
+    n
+}
+
+/// Deletes committed generations beyond the newest `keep`, damaged ones older than those kept,
+/// and temporaries older than `current`. Best effort: a failure leaves extra files, never fewer.
+pub fn prune(dir_fd: i32, dents: &mut [u8], current: u64, keep: u32) {
+    let mut images = [0u64; MAX_LISTED];
+    let n = committed(dir_fd, dents, &mut images);
+    let n = images[..n].iter().take_while(|&&g| g <= current).count();
     let images = &mut images[..n];
-    images.sort_unstable();
     let keep = keep.max(1) as usize;
     let oldest_kept = images.len().checked_sub(keep).map_or(0, |i| images[i]);
     for &g in images.iter().take(images.len().saturating_sub(keep)) {

@@ -201,6 +201,13 @@ pub fn fsync(fd: i32) -> SysResult<()> {
     unsafe { sys!(libc::SYS_fsync, fd) }.map(drop)
 }
 
+/// `sync_file_range(fd, off, len, SYNC_FILE_RANGE_WRITE)`: starts writeback of a range
+/// without waiting for it.
+pub fn start_writeback(fd: i32, off: u64, len: u64) -> SysResult<()> {
+    // SAFETY: no pointers.
+    unsafe { sys!(libc::SYS_sync_file_range, fd, off, len, libc::SYNC_FILE_RANGE_WRITE) }.map(drop)
+}
+
 /// `renameat(dirfd, from, dirfd, to)`; names NUL-terminated.
 pub fn renameat(dirfd: i32, from: &[u8], to: &[u8]) -> SysResult<()> {
     if from.last() != Some(&0) || to.last() != Some(&0) {
