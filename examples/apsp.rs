@@ -21,6 +21,7 @@
 //! | `apsp 1792` (default) | 2.4 s  | 2.5 s  | 26 MiB  |
 //! | `apsp 2816`           | 9.0 s  | 11.1 s | 62 MiB  |
 //! | `apsp 3584`           | 19 s   | 25 s   | 100 MiB |
+//! | `apsp 4096`           | 36 s   | 48 s   | 130 MiB |
 //! | `apsp 4608`           | 42 s   | 60 s   | 164 MiB |
 //!
 //! Output: one header line, the number of reachable pairs and the sum of their distances, then
