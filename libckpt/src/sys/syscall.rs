@@ -205,7 +205,16 @@ pub fn fsync(fd: i32) -> SysResult<()> {
 /// without waiting for it.
 pub fn start_writeback(fd: i32, off: u64, len: u64) -> SysResult<()> {
     // SAFETY: no pointers.
-    unsafe { sys!(libc::SYS_sync_file_range, fd, off, len, libc::SYNC_FILE_RANGE_WRITE) }.map(drop)
+    unsafe {
+        sys!(
+            libc::SYS_sync_file_range,
+            fd,
+            off,
+            len,
+            libc::SYNC_FILE_RANGE_WRITE
+        )
+    }
+    .map(drop)
 }
 
 /// `renameat(dirfd, from, dirfd, to)`; names NUL-terminated.
