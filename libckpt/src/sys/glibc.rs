@@ -3,24 +3,39 @@
 //!
 //! # Safety
 //!
-//! The thread descriptor is found at the thread pointer; it is read only within its first 4 KiB
-//! (glibc's `struct pthread` is larger) and written only at the offset proven to hold the kernel
-//! thread id. rseq registration uses glibc's exported `__rseq_offset`/`__rseq_size`.
+//! The thread descriptor is found at the thread pointer; it is read only within its first 2 KiB
+//! and never past the end of the mapping that holds it, and written only at the offset proven to
+//! hold the kernel thread id. rseq registration uses glibc's exported `__rseq_offset`/`__rseq_size`.
 #![allow(unsafe_code)]
 
 use super::syscall;
 
-/// How far into the thread descriptor the tid may be looked for.
-const DESCRIPTOR_SCAN: usize = 4096;
+/// How far into the thread descriptor the tid may be looked for (glibc keeps it at 0x2d0 on
+/// x86_64; `struct pthread` is about 2.3 KiB).
+const DESCRIPTOR_SCAN: usize = 2048;
 /// The signature glibc registers rseq areas with on x86.
 pub const RSEQ_SIG: u32 = 0x5305_3053;
 const RSEQ_FLAG_UNREGISTER: i32 = 1;
 
+/// How many bytes from `addr` are readable in the mapping that holds it (0 if none). glibc puts
+/// a thread's descriptor at the very end of its stack mapping, so a fixed-size scan could run
+/// off it.
+fn readable_from(addr: usize) -> usize {
+    let Ok(text) = std::fs::read("/proc/self/maps") else {
+        return 0;
+    };
+    super::maps::parse(&text)
+        .flatten()
+        .find(|m| (m.start..m.end).contains(&addr) && m.prot & libc::PROT_READ != 0)
+        .map_or(0, |m| m.end - addr)
+}
+
 fn tid_candidates(tp: usize, tid: i32) -> Vec<usize> {
-    (0..DESCRIPTOR_SCAN / 4)
+    let limit = DESCRIPTOR_SCAN.min(readable_from(tp));
+    (0..limit / 4)
         .map(|i| i * 4)
-        // SAFETY: the thread descriptor of a running thread spans more than DESCRIPTOR_SCAN
-        // bytes from the thread pointer; the reads are aligned i32 loads within it.
+        // SAFETY: the loads stay inside the readable mapping that holds the thread pointer
+        // (`limit`), are aligned, and read plain integers.
         .filter(|&off| unsafe { core::ptr::read_volatile((tp + off) as *const i32) } == tid)
         .collect()
 }
