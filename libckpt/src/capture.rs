@@ -36,6 +36,14 @@ pub struct CaptureStats {
     pub data_bytes: u64,
     /// Runs written.
     pub runs: u32,
+    /// Regions in the memory map, and how many of them had contents saved.
+    pub regions: (u32, u32),
+    /// Open files recorded.
+    pub files: u32,
+    /// Bytes of the image file.
+    pub file_bytes: u64,
+    /// The older image file was overwritten in place rather than a new one created.
+    pub recycled: bool,
 }
 
 /// Everything [`capture`] fills in, apart from the image file.
@@ -108,7 +116,7 @@ pub fn capture(
     );
     // A stale file of this name is the leftover of a checkpoint killed mid-write.
     let _ = syscall::unlinkat(rt.dir_fd, tmp_c);
-    let fd = open_image(rt, t.arena.dents, tmp_c)?;
+    let (fd, recycled) = open_image(rt, t.arena.dents, tmp_c)?;
     let result = write_image(rt, &mut t, fd, &mut process, ctx, generation);
     let closed = syscall::close(fd);
     let result = result.and_then(|s| {
@@ -117,7 +125,7 @@ pub fn capture(
             .map_err(|e| RawError::sys("close", tmp_c, e))
     });
     let stats = match result {
-        Ok(s) => s,
+        Ok(s) => CaptureStats { recycled, ..s },
         Err(e) => {
             let _ = syscall::unlinkat(rt.dir_fd, tmp_c);
             return Err(e);
@@ -142,7 +150,7 @@ pub fn capture(
 /// images (and `keep` ≥ 2, so another stays committed throughout), the oldest is renamed to the
 /// temporary name and overwritten in place: the paper's "at most two files", no delete on the
 /// critical path, and blocks the disk has already allocated.
-fn open_image(rt: &Runtime, dents: &mut [u8], tmp_c: &[u8]) -> Result<i32, RawError> {
+fn open_image(rt: &Runtime, dents: &mut [u8], tmp_c: &[u8]) -> Result<(i32, bool), RawError> {
     let mut gens = [0u64; 64];
     let n = store::committed(rt.dir_fd, dents, &mut gens);
     let keep = rt.cfg.keep as usize;
@@ -152,6 +160,7 @@ fn open_image(rt: &Runtime, dents: &mut [u8], tmp_c: &[u8]) -> Result<i32, RawEr
             && syscall::renameat(rt.dir_fd, old_c, tmp_c).is_ok()
         {
             return syscall::openat(rt.dir_fd, tmp_c, libc::O_WRONLY | libc::O_CLOEXEC, 0)
+                .map(|fd| (fd, true))
                 .map_err(|e| RawError::sys("open", tmp_c, e));
         }
     }
@@ -161,6 +170,7 @@ fn open_image(rt: &Runtime, dents: &mut [u8], tmp_c: &[u8]) -> Result<i32, RawEr
         libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_CLOEXEC,
         0o600,
     )
+    .map(|fd| (fd, false))
     .map_err(|e| RawError::sys("create", tmp_c, e))
 }
 
@@ -572,10 +582,18 @@ fn write_image(
     // A recycled file may be longer than this image.
     syscall::ftruncate(fd, off).map_err(|e| RawError::sys("truncate", b"image", e))?;
     syscall::fsync(fd).map_err(|e| RawError::sys("fsync", b"image", e))?;
+    let saved = t.arena.regions[..t.n_regions]
+        .iter()
+        .filter(|r| r.flags & REGION_SAVED != 0)
+        .count();
     Ok(CaptureStats {
         generation,
         data_bytes: data_len,
         runs: t.n_runs as u32,
+        regions: (t.n_regions as u32, saved as u32),
+        files: t.n_files as u32,
+        file_bytes: off,
+        recycled: false,
     })
 }
 

@@ -416,6 +416,21 @@ fn checkpoint(rt: *mut Runtime, mask: u64) -> core::result::Result<Outcome, RawE
                     ms,
                     mib / (ms / 1e3).max(1e-9)
                 );
+                log_at!(
+                    r,
+                    Debug,
+                    "checkpoint {}: {} regions ({} with saved contents), {} open files, image {} bytes ({})",
+                    stats.generation,
+                    stats.regions.0,
+                    stats.regions.1,
+                    stats.files,
+                    stats.file_bytes,
+                    if stats.recycled {
+                        "oldest image file overwritten in place"
+                    } else {
+                        "new file"
+                    }
+                );
                 Ok(Outcome::Committed(stats))
             }
             Err(e) => {

@@ -149,6 +149,7 @@ pub fn restore_into(
     next_gen: u64,
     settings: Settings,
 ) -> Result<core::convert::Infallible, PlanError> {
+    let debug = settings.log >= crate::config::LogLevel::Debug;
     let started_ns = syscall::monotonic_ns();
     // Everything that allocates happens first: the map of this process read afterwards is
     // then the one the body will find.
@@ -402,6 +403,18 @@ pub fn restore_into(
         runs,
         info,
     };
+    if debug {
+        let mapped = ops[..n_ops].iter().filter(|o| o.kind == OP_MAP).count();
+        crate::text::log_line(format_args!(
+            "restore plan: {} regions ({} kept in place, {} mapped afresh), {} current mappings removed, {} page runs, restorer at {:#x}",
+            n_ops,
+            n_ops - mapped,
+            mapped,
+            n_unmaps,
+            runs.len(),
+            plan_map.addr()
+        ));
+    }
     let (plan_addr, _) = plan_map.leak();
     let _ = plan_addr;
     // Point of no return. Block every signal; stop the kernel writing the CPU number into the
