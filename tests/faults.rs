@@ -396,32 +396,24 @@ fn excluded_pages_read_as_zero_after_restore() {
 #[test]
 fn a_store_in_use_is_refused() {
     let store = TempDir::new("busy");
-    let env = [("CKPT_DIR", store.path().to_str().unwrap())];
-    let holder = Program::new(rust_example("probe"), &["hold", "5"]);
-    let start = Instant::now();
-    let child = holder.spawn(&env);
-    // Wait until the holder has the store's lock (`flock -n` then fails).
-    loop {
-        let free = std::process::Command::new("flock")
-            .arg("-n")
-            .arg(store.path())
-            .arg("true")
-            .status()
-            .unwrap();
-        if !free.success() {
-            break;
-        }
-        assert!(start.elapsed() < LIMIT, "the holder never took the lock");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let r = Program::new(rust_example("probe"), &["hold", "0"]).run(&env, LIMIT);
+    let dir = store.path().to_str().unwrap();
+    let holder = Program::new(rust_example("probe"), &["hold", "30"]);
+    // The holder logs "checkpointing into" once it holds the store.
+    let (mut child, _) = spawn_waiting_for(
+        &holder,
+        &[("CKPT_DIR", dir), ("CKPT_LOG", "info")],
+        "checkpointing into",
+        LIMIT,
+    );
+    let r = Program::new(rust_example("probe"), &["hold", "0"]).run(&[("CKPT_DIR", dir)], LIMIT);
+    let _ = child.kill();
+    let _ = child.wait();
     assert_eq!(r.status.code(), Some(75), "{:?} {}", r.status, r.stderr);
     assert!(
         r.stderr.contains("in use by another process"),
         "{}",
         r.stderr
     );
-    finish(child, LIMIT, start).assert_ok("holder");
 }
 
 #[test]

@@ -36,11 +36,16 @@ pub mod cap {
 /// precisely and that checksum and write share the cache.
 pub const RUN_MAX: usize = 1 << 20;
 
+/// Bytes of the stack the capture runs on.
+pub const CAPTURE_STACK: usize = 512 << 10;
+
 /// Typed scratch slices; see the module documentation.
 #[derive(Debug)]
 pub struct Arena {
     /// The whole mapping, excluded from checkpoints.
     pub range: (usize, usize),
+    /// Top of the capture's own stack (16-byte aligned), above a guard page.
+    pub stack_top: usize,
     /// `/proc/self/maps` text.
     pub maps: &'static mut [u8],
     /// The image's string table.
@@ -59,8 +64,8 @@ pub struct Arena {
     pub signals: &'static mut [SignalRec; 64],
     /// `PAGEMAP_SCAN` output.
     pub scan: &'static mut [PageRegion],
-    /// A copy of the page holding the saved stack pointer (that page is live during capture).
-    pub stack_page: &'static mut [u8; PAGE],
+    /// Holds a run read through `/proc/self/mem` (memory without read permission).
+    pub bounce: &'static mut [u8],
 }
 
 struct Carver {
@@ -93,7 +98,9 @@ impl Arena {
     /// Maps and carves a new arena. The mapping lives until the process ends (the restored
     /// runtime refers to it by address, and a restore re-creates it in place as zeros).
     pub fn new() -> SysResult<Arena> {
-        let size = cap::MAPS
+        let size = PAGE
+            + CAPTURE_STACK
+            + cap::MAPS
             + cap::STRINGS
             + cap::DENTS
             + cap::REGIONS * size_of::<RegionRec>()
@@ -102,17 +109,24 @@ impl Arena {
             + cap::FILES * size_of::<FileRec>()
             + 64 * size_of::<SignalRec>()
             + cap::SCAN * size_of::<PageRegion>()
-            + 2 * PAGE
+            + RUN_MAX
+            + PAGE
             + 16 * 64;
         let (addr, len) = Mapping::anonymous(size)?.leak();
+        // The capture stack comes first, above a guard page: an overflow faults instead of
+        // running into the buffers.
+        // SAFETY: the first page of the fresh mapping is ours and holds nothing.
+        unsafe { crate::sys::syscall::mprotect(addr, PAGE, libc::PROT_NONE) }?;
+        let stack_top = addr + PAGE + CAPTURE_STACK;
         let mut c = Carver {
-            next: addr,
+            next: stack_top,
             end: addr + len,
         };
         // SAFETY: every type below is plain data valid when zeroed, and each slice is disjoint.
         unsafe {
             Ok(Arena {
                 range: (addr, addr + len),
+                stack_top,
                 maps: c.take(cap::MAPS),
                 strings: c.take(cap::STRINGS),
                 dents: c.take(cap::DENTS),
@@ -122,7 +136,7 @@ impl Arena {
                 files: c.take(cap::FILES),
                 signals: &mut *(c.take::<SignalRec>(64).as_mut_ptr() as *mut [SignalRec; 64]),
                 scan: c.take(cap::SCAN),
-                stack_page: &mut *(c.take::<u8>(PAGE).as_mut_ptr() as *mut [u8; PAGE]),
+                bounce: c.take(RUN_MAX),
             })
         }
     }

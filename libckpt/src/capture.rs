@@ -22,7 +22,7 @@ use crate::runtime::Runtime;
 use crate::store;
 use crate::sys::arch::Context;
 use crate::sys::maps;
-use crate::sys::mem::{PAGE, page_ceil, page_floor, scan_populated};
+use crate::sys::mem::{PAGE, Scan, page_ceil, page_floor, scan_populated};
 use crate::sys::signals;
 use crate::sys::syscall::{self, Errno};
 use crate::text::{Bytes, FixedStr};
@@ -87,6 +87,7 @@ pub fn capture(
     ctx: &Context,
     mask: u64,
     generation: u64,
+    rseq_len: u32,
 ) -> Result<CaptureStats, RawError> {
     let mut t = Tables {
         arena,
@@ -103,7 +104,7 @@ pub fn capture(
         sigmask: mask,
         ..Default::default()
     };
-    capture_process(rt, &mut t, &mut process)?;
+    capture_process(rt, &mut t, &mut process, rseq_len)?;
     capture_files(rt, &mut t)?;
     capture_signals(&mut t)?;
     capture_regions(rt, &mut t, &mut process)?;
@@ -195,14 +196,19 @@ fn refuse_threads(t: &mut Tables<'_>) -> Result<(), RawError> {
     Ok(())
 }
 
-fn capture_process(rt: &Runtime, t: &mut Tables<'_>, p: &mut ProcessRec) -> Result<(), RawError> {
+fn capture_process(
+    rt: &Runtime,
+    t: &mut Tables<'_>,
+    p: &mut ProcessRec,
+    rseq_len: u32,
+) -> Result<(), RawError> {
     p.fs_base = syscall::get_fs_base() as u64;
     p.brk = syscall::brk(0) as u64;
     p.pid = syscall::getpid() as u32;
     p.tid_offset = rt.tid_offset.map_or(-1, |o| o as i32);
     if let Some(r) = rt.rseq {
         p.rseq_area = p.fs_base.wrapping_add_signed(r.offset as i64);
-        p.rseq_len = r.size;
+        p.rseq_len = rseq_len;
         p.rseq_sig = crate::sys::glibc::RSEQ_SIG;
     }
     let old = syscall::umask(0o022);
@@ -341,6 +347,8 @@ fn capture_files(rt: &Runtime, t: &mut Tables<'_>) -> Result<(), RawError> {
             kind,
             pad: 0,
             path,
+            dev: st.st_dev,
+            ino: st.st_ino,
         };
         t.n_files += 1;
     }
@@ -392,20 +400,20 @@ fn capture_regions(rt: &Runtime, t: &mut Tables<'_>, p: &mut ProcessRec) -> Resu
                 ));
             }
             if anon_shared {
-                flags |= REGION_SHARED | REGION_SAVED;
+                flags |= REGION_SHARED | CANDIDATE;
             } else {
                 flags |= REGION_SHARED | REGION_FILE;
             }
-        } else if m.start == arena_start && m.end == arena_end {
-            // Our scratch arena: restored as zeros.
+        } else if m.start >= arena_start && m.end <= arena_end {
+            // Our scratch arena (and its guard page): restored as zeros.
         } else if m.is_file() && !m.is_deleted() {
-            flags |= REGION_FILE;
-            if m.prot & libc::PROT_WRITE != 0 {
-                flags |= REGION_SAVED;
-            }
-        } else if m.prot & libc::PROT_READ != 0 {
-            // Anonymous memory, the heap, the stack, and mappings of deleted files.
-            flags |= REGION_SAVED;
+            flags |= REGION_FILE | CANDIDATE;
+        } else if m.is_deleted() {
+            // A private mapping of a deleted file cannot be mapped again: every page is saved.
+            flags |= CANDIDATE | WHOLE;
+        } else {
+            // Anonymous memory, the heap, the stack, including memory mapped PROT_NONE.
+            flags |= CANDIDATE;
         }
         match m.path {
             b"[heap]" => {
@@ -467,41 +475,63 @@ fn write_image(
     generation: u64,
 ) -> Result<CaptureStats, RawError> {
     let mut off = HEADER_SPACE;
-    let rsp_page = page_floor(ctx.rsp as usize);
+    let rsp = ctx.rsp as usize;
     for i in 0..t.n_regions {
         let r = t.arena.regions[i];
-        if r.flags & REGION_SAVED == 0 {
-            continue;
-        }
         let (start, end) = (r.start as usize, r.end as usize);
-        if r.flags & REGION_STACK != 0 && (start..end).contains(&rsp_page) {
-            // Only what lies above the saved stack pointer is live.
-            save_span(
-                rt,
-                t,
-                fd,
-                &mut off,
-                rsp_page,
-                end,
-                rsp_page,
-                ctx.rsp as usize,
-            )?;
-        } else if r.flags & (REGION_FILE | REGION_SHARED) != 0 || rt.pagemap_fd < 0 {
-            // File-backed pages are saved whole: the restoring process may have dirtied its own
-            // copy of the file's private pages before restoring.
-            save_span(rt, t, fd, &mut off, start, end, rsp_page, ctx.rsp as usize)?;
+        let readable = r.prot & libc::PROT_READ as u32 != 0;
+        let runs_before = t.n_runs;
+        let how = if r.flags & REGION_SPECIAL != 0 || r.flags & CANDIDATE == 0 {
+            None
+        } else if r.flags & REGION_STACK != 0 && (start..end).contains(&rsp) {
+            // Below the saved stack pointer the main stack is dead (and frozen: the capture
+            // runs on its own stack), so only the pages from the one holding it are saved.
+            Some((page_floor(rsp), end, None))
+        } else if r.flags & REGION_FILE != 0 && r.prot & libc::PROT_WRITE as u32 == 0 {
+            // Read-only private file mapping (text, rodata, relocated RELRO of a library
+            // loaded with dlopen): only the process's own copies of pages differ from the file.
+            (rt.pagemap_fd >= 0)
+                .then_some((start, end, Some(Scan::Modified)))
+                .or(Some((start, end, None)))
+        } else if r.flags & (REGION_FILE | REGION_SHARED | WHOLE) != 0 || rt.pagemap_fd < 0 {
+            // Writable file-backed pages and shared memory are saved whole: the restoring
+            // process may have dirtied its own copy of the file's private pages.
+            Some((start, end, None))
         } else {
             // Anonymous memory never touched reads as zeros: save only populated pages.
-            let scan: &mut [crate::sys::mem::PageRegion] =
-                // SAFETY: the scan buffer is disjoint from everything save_span touches.
-                unsafe { core::slice::from_raw_parts_mut(t.arena.scan.as_mut_ptr(), t.arena.scan.len()) };
-            let scanned = scan_populated(rt.pagemap_fd, start, end, scan, |s, e| {
-                save_span(rt, t, fd, &mut off, s, e, rsp_page, ctx.rsp as usize)
-            })?;
-            if let Err(e) = scanned {
-                return Err(RawError::sys("PAGEMAP_SCAN", b"/proc/self/pagemap", e));
+            Some((start, end, Some(Scan::Populated)))
+        };
+        let Some((from, to, scan)) = how else {
+            continue;
+        };
+        // Unreadable memory (PROT_NONE) is read through /proc/self/mem, which may.
+        let via_mem = !readable;
+        if via_mem && rt.mem_fd < 0 {
+            return Err(raw_err!(
+                Refused,
+                "memory at {start:#x} is not readable and /proc/self/mem is unavailable"
+            ));
+        }
+        match scan {
+            None => save_span(rt, t, fd, &mut off, from, to, via_mem)?,
+            Some(kind) => {
+                let scan_buf: &mut [crate::sys::mem::PageRegion] =
+                    // SAFETY: the scan buffer is disjoint from everything save_span touches.
+                    unsafe { core::slice::from_raw_parts_mut(t.arena.scan.as_mut_ptr(), t.arena.scan.len()) };
+                let scanned = scan_populated(rt.pagemap_fd, from, to, kind, scan_buf, |s, e| {
+                    save_span(rt, t, fd, &mut off, s, e, via_mem)
+                })?;
+                if let Err(e) = scanned {
+                    return Err(RawError::sys("PAGEMAP_SCAN", b"/proc/self/pagemap", e));
+                }
             }
         }
+        if t.n_runs > runs_before {
+            t.arena.regions[i].flags |= REGION_SAVED;
+        }
+    }
+    for r in &mut t.arena.regions[..t.n_regions] {
+        r.flags &= !(CANDIDATE | WHOLE);
     }
     let data_len = off - HEADER_SPACE;
     p.saved_bytes = data_len;
@@ -597,8 +627,9 @@ fn write_image(
     })
 }
 
-/// Saves `[start, end)` minus excluded pages as runs of at most [`RUN_MAX`] bytes.
-#[allow(clippy::too_many_arguments)]
+/// Saves `[start, end)` minus excluded pages as runs of at most [`RUN_MAX`] bytes; with
+/// `via_mem`, the bytes are read through `/proc/self/mem` (for memory mapped without read
+/// permission).
 fn save_span(
     rt: &Runtime,
     t: &mut Tables<'_>,
@@ -606,8 +637,7 @@ fn save_span(
     off: &mut u64,
     start: usize,
     end: usize,
-    rsp_page: usize,
-    rsp: usize,
+    via_mem: bool,
 ) -> Result<(), RawError> {
     let mut at = start;
     while at < end {
@@ -621,30 +651,20 @@ fn save_span(
             .unwrap_or(end)
             .min(end)
             .min(at + RUN_MAX);
-        let stop = if (at..stop).contains(&rsp_page) && rsp_page != at {
-            rsp_page
-        } else {
-            stop
-        };
-        let stop = if at == rsp_page {
-            (at + PAGE).min(stop)
-        } else {
-            stop
-        };
-        write_run(t, fd, off, at, stop - at, rsp_page, rsp)?;
+        write_run(rt, t, fd, off, at, stop - at, via_mem)?;
         at = stop;
     }
     Ok(())
 }
 
 fn write_run(
+    rt: &Runtime,
     t: &mut Tables<'_>,
     fd: i32,
     off: &mut u64,
     addr: usize,
     len: usize,
-    rsp_page: usize,
-    rsp: usize,
+    via_mem: bool,
 ) -> Result<(), RawError> {
     if t.n_runs == t.arena.runs.len() {
         return Err(raw_err!(
@@ -654,16 +674,18 @@ fn write_run(
         ));
     }
     crate::fault::point("write-data").map_err(|e| RawError::sys("write", b"page data", e))?;
-    let bytes: &[u8] = if addr == rsp_page {
-        // The page holding the saved stack pointer is live below it: copy the live part, zero
-        // the dead part, and save the copy so its checksum is stable.
-        let keep = rsp - rsp_page;
-        t.arena.stack_page[..keep].fill(0);
-        // SAFETY: [rsp, rsp_page + PAGE) is mapped stack memory that nothing writes until the
-        // capture returns (it lies above the saved stack pointer).
-        let live = unsafe { core::slice::from_raw_parts(rsp as *const u8, PAGE - keep) };
-        t.arena.stack_page[keep..].copy_from_slice(live);
-        &t.arena.stack_page[..]
+    let bytes: &[u8] = if via_mem {
+        let buf = &mut t.arena.bounce[..len];
+        match syscall::pread_exact(rt.mem_fd, buf, addr as u64) {
+            Ok(true) => &buf[..],
+            Ok(false) => {
+                return Err(raw_err!(
+                    Io,
+                    "short read of memory at {addr:#x} through /proc/self/mem"
+                ));
+            }
+            Err(e) => return Err(RawError::sys("read /proc/self/mem at", b"", e)),
+        }
     } else {
         // SAFETY: [addr, addr + len) is a readable region of this process whose contents do not
         // change during the capture (see the module's Safety section).
@@ -690,6 +712,11 @@ fn write_run(
     *off += len as u64;
     Ok(())
 }
+
+/// Capture-time region flag: contents may need saving (never written to an image).
+const CANDIDATE: u32 = 1 << 30;
+/// Capture-time region flag: save every page, not only populated ones.
+const WHOLE: u32 = 1 << 29;
 
 /// Bytes of image written between two writeback kicks.
 const WRITEBACK_BATCH: u64 = 16 << 20;

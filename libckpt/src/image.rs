@@ -288,6 +288,10 @@ pub struct FileRec {
     pub pad: u32,
     /// Path.
     pub path: StrRef,
+    /// Device of the file (`st_dev`): a restore refuses a path that now names another file.
+    pub dev: u64,
+    /// Inode of the file.
+    pub ino: u64,
 }
 
 /// A signal's disposition.
@@ -581,5 +585,5 @@ fn check_refs(m: &Manifest) -> Result<(), FormatError> {
 // The sizes IMAGE-FORMAT.md documents.
 const _: () = assert!(size_of::<Header>() == 88);
 const _: () = assert!(
-    size_of::<RegionRec>() == 56 && size_of::<RunRec>() == 32 && size_of::<FileRec>() == 40
+    size_of::<RegionRec>() == 56 && size_of::<RunRec>() == 32 && size_of::<FileRec>() == 56
 );

@@ -141,19 +141,30 @@ fn verify_runs(m: &Manifest, file: &File) -> Result<(), Reject> {
     Ok(())
 }
 
-/// Checks that the files the image had open can be reopened.
+/// Checks that the files the image had open can be reopened: the same file (device and inode)
+/// is still at each path, and a regular file is at least as long as it was (what was written
+/// after the checkpoint is cut off at restore; what was there before must still be there).
 fn check_files(m: &Manifest, image: &Path) -> Result<()> {
     for f in &m.files {
         let path = Path::new(std::ffi::OsStr::from_bytes(m.str(f.path)));
-        if std::fs::metadata(path).is_err() {
-            return Err(Error::Layout {
-                image: image.to_path_buf(),
-                reason: format!(
-                    "file {} (open at fd {} when the checkpoint was taken) is gone",
-                    path.display(),
-                    f.fd
-                ),
-            });
+        let fail = |what: String| Error::Layout {
+            image: image.to_path_buf(),
+            reason: format!(
+                "file {} (open at fd {} when the checkpoint was taken) {what}",
+                path.display(),
+                f.fd
+            ),
+        };
+        let st = std::fs::metadata(path).map_err(|e| fail(format!("cannot be opened: {e}")))?;
+        if st.dev() != f.dev || st.ino() != f.ino {
+            return Err(fail("was replaced by another file since".into()));
+        }
+        if f.kind == FILE_REGULAR && st.size() < f.size {
+            return Err(fail(format!(
+                "shrank from {} to {} bytes since",
+                f.size,
+                st.size()
+            )));
         }
     }
     Ok(())
@@ -303,7 +314,13 @@ pub(crate) fn after_restore(rt: &mut Runtime, info_addr: usize) {
     }
     if let (Some(r), true) = (rt.rseq, info.process.rseq_len > 0) {
         // SAFETY: the restored thread descriptor holds glibc's rseq area at this offset.
-        let _ = unsafe { glibc::rseq_register(r, syscall::get_fs_base(), info.process.rseq_len) };
+        if !unsafe { glibc::rseq_register(r, syscall::get_fs_base(), info.process.rseq_len) } {
+            log_at!(
+                rt,
+                Info,
+                "could not re-register the rseq area; sched_getcpu may report a stale CPU"
+            );
+        }
     }
     // Our own descriptors: adopt the restorer's store and lock, out of the way of the files.
     let top = info.files.iter().map(|f| f.fd).max().unwrap_or(2).max(2) + 1;
@@ -319,6 +336,7 @@ pub(crate) fn after_restore(rt: &mut Runtime, info_addr: usize) {
     rt.dir_fd = mv(info.dir_fd);
     rt.lock_fd = mv(info.lock_fd);
     rt.pagemap_fd = -1;
+    rt.mem_fd = -1;
     // Close whatever else the restoring process had open.
     let mut stray = [0i32; 256];
     let mut n = 0;
@@ -342,10 +360,15 @@ pub(crate) fn after_restore(rt: &mut Runtime, info_addr: usize) {
     for &fd in &stray[..n] {
         let _ = syscall::close(fd);
     }
-    rt.pagemap_fd = runtime::open_pagemap();
     for f in info.files {
         reopen(rt, info, f);
     }
+    // Opened only now and moved above the files' numbers: opened earlier it could take a
+    // number a file is about to be restored to.
+    let pm = runtime::open_pagemap();
+    rt.pagemap_fd = if pm >= 0 { mv(pm) } else { -1 };
+    let mem = runtime::open_mem();
+    rt.mem_fd = if mem >= 0 { mv(mem) } else { -1 };
     for s in info.signals {
         // SAFETY: handlers and restorers come from this same binary's image.
         let _ = unsafe { signals::set_action(s.sig as i32, &s.action()) };

@@ -38,6 +38,8 @@ pub struct Runtime {
     pub(crate) lock_fd: i32,
     /// `/proc/self/pagemap` when `PAGEMAP_SCAN` works, else -1.
     pub(crate) pagemap_fd: i32,
+    /// `/proc/self/mem`, to read memory mapped without read permission, else -1.
+    pub(crate) mem_fd: i32,
     pub(crate) sig: i32,
     pub(crate) timer: Option<TimerId>,
     pub(crate) tid_offset: Option<usize>,
@@ -68,7 +70,7 @@ pub(crate) use log_at;
 impl Runtime {
     /// Whether `fd` is one of the runtime's own descriptors (not the application's).
     pub fn owns_fd(&self, fd: i32) -> bool {
-        fd == self.dir_fd || fd == self.lock_fd || fd == self.pagemap_fd
+        fd == self.dir_fd || fd == self.lock_fd || fd == self.pagemap_fd || fd == self.mem_fd
     }
 
     /// If `addr` lies in an excluded page range, where that range ends.
@@ -140,13 +142,19 @@ pub(crate) fn open_pagemap() -> i32 {
     let probe = [0u8; 1];
     let addr = page_floor(probe.as_ptr() as usize);
     let mut buf = [PageRegion::default(); 1];
-    match crate::sys::mem::scan_populated(fd, addr, addr + PAGE, &mut buf, |_, _| Ok(())) {
+    let scan = crate::sys::mem::Scan::Populated;
+    match crate::sys::mem::scan_populated(fd, addr, addr + PAGE, scan, &mut buf, |_, _| Ok(())) {
         Ok(Ok(())) => fd,
         _ => {
             let _ = syscall::close(fd);
             -1
         }
     }
+}
+
+/// Opens `/proc/self/mem` for reading, or returns -1.
+pub(crate) fn open_mem() -> i32 {
+    syscall::open(b"/proc/self/mem\0", libc::O_RDONLY | libc::O_CLOEXEC, 0).unwrap_or(-1)
 }
 
 /// `ckpt::init`.
@@ -188,6 +196,7 @@ pub fn init(cfg: Config) -> Result<()> {
         dir_fd,
         lock_fd,
         pagemap_fd: open_pagemap(),
+        mem_fd: open_mem(),
         timer: None,
         tid_offset: glibc::find_tid_offset(),
         rseq: glibc::rseq_info(),
@@ -204,15 +213,18 @@ pub fn init(cfg: Config) -> Result<()> {
     let rt = Box::into_raw(rt);
     // SAFETY: freshly allocated, not yet shared.
     let r = unsafe { &mut *rt };
+    // Published before the timer is armed: a first expiry that found no runtime would never
+    // re-arm the one-shot timer.
+    RUNTIME.store(rt, Ordering::Release);
     if let Err(e) = start_timer(r) {
+        RUNTIME.store(core::ptr::null_mut(), Ordering::Release);
         teardown(rt);
         return Err(e);
     }
-    RUNTIME.store(rt, Ordering::Release);
     static AT_EXIT: AtomicBool = AtomicBool::new(false);
     if !AT_EXIT.swap(true, Ordering::AcqRel) {
-        // SAFETY: registering a plain extern "C" function with no arguments.
-        unsafe { libc::atexit(on_normal_exit) };
+        // SAFETY: registering a plain extern "C" function; glibc passes it the exit status.
+        unsafe { on_exit(on_program_exit, core::ptr::null_mut()) };
     }
     log_at!(
         r,
@@ -287,7 +299,7 @@ fn teardown(rt: *mut Runtime) {
         let _ = signals::timer_delete(id);
     }
     signals::uninstall_handler(r.sig);
-    for fd in [r.pagemap_fd, r.lock_fd, r.dir_fd] {
+    for fd in [r.pagemap_fd, r.mem_fd, r.lock_fd, r.dir_fd] {
         if fd >= 0 {
             let _ = syscall::close(fd);
         }
@@ -295,21 +307,34 @@ fn teardown(rt: *mut Runtime) {
     // The arena stays mapped: a restored image may refer to it; it is untouched pages only.
 }
 
-/// A program that exits normally has finished its computation: its checkpoints are retired so
-/// the next run of the same command starts afresh instead of resuming at the end. (A crash, a
-/// kill or `_exit` never gets here, so their checkpoints stay.)
-extern "C" fn on_normal_exit() {
+unsafe extern "C" {
+    /// glibc's `on_exit`: like `atexit`, but the handler receives the exit status.
+    fn on_exit(f: extern "C" fn(i32, *mut c_void), arg: *mut c_void) -> i32;
+}
+
+/// A program that exits with status 0 has finished its computation: its checkpoints are
+/// retired so the next run of the same command starts afresh instead of resuming at the end.
+/// Any other status (a Rust panic exits with 101) keeps them, and so do a crash, a kill and
+/// `_exit`, which never get here.
+extern "C" fn on_program_exit(status: i32, _arg: *mut c_void) {
     let rt = RUNTIME.swap(core::ptr::null_mut(), Ordering::AcqRel);
     if rt.is_null() {
         return;
     }
-    // SAFETY: published by init; unpublished above, so no new checkpoint starts, and a running
-    // one finishes before we take `busy` (the handler cannot run on this thread meanwhile
-    // because the signal is blocked first).
+    // SAFETY: published by init; unpublished above, so no new checkpoint starts.
     let r = unsafe { &*rt };
-    let _ = syscall::sigprocmask(libc::SIG_BLOCK, Some(&signals::sigbit(r.sig)), None);
-    while r.busy.swap(true, Ordering::Acquire) {
-        std::thread::yield_now();
+    let _ = syscall::sigprocmask(libc::SIG_BLOCK, Some(&!0u64), None);
+    if let Some(id) = r.timer {
+        let _ = signals::timer_delete(id);
+    }
+    if status != 0 {
+        log_at!(r, Info, "exiting with status {status}; checkpoints kept");
+        return;
+    }
+    // A checkpoint can only be in progress here if exit() was called from inside one (every
+    // signal is blocked while a capture runs, so not from a handler): leave the store alone.
+    if r.busy.swap(true, Ordering::Acquire) {
+        return;
     }
     if let Some(id) = r.timer {
         let _ = signals::timer_delete(id);
@@ -363,7 +388,23 @@ unsafe extern "C" fn capture_cb(ctx: *mut Context, arg: *mut c_void) -> usize {
     let job = unsafe { &mut *(arg as *mut Job) };
     // SAFETY: as above; the arena is only reached by the capture holding `busy`.
     let (rt, arena, ctx) = unsafe { (&*job.rt, &mut *(*job.rt).arena, &*ctx) };
-    let r = capture::capture(rt, arena, ctx, job.mask, job.generation);
+    // While registered, the kernel rewrites the rseq area in the thread descriptor whenever the
+    // thread is preempted or migrates: that memory would change between its checksum and its
+    // write. Unregister for the capture; the image records the length to register again with.
+    let tp = syscall::get_fs_base();
+    let rseq_len = rt.rseq.and_then(|r| glibc::rseq_unregister(r, tp));
+    let r = capture::capture(
+        rt,
+        arena,
+        ctx,
+        job.mask,
+        job.generation,
+        rseq_len.unwrap_or(0),
+    );
+    if let (Some(seq), Some(len)) = (rt.rseq, rseq_len) {
+        // SAFETY: the same area of this thread's descriptor that glibc registered.
+        unsafe { glibc::rseq_register(seq, tp, len) };
+    }
     // Written only now: the job lives in saved stack memory, which must not change while the
     // image is being written.
     job.result = Some(r);
@@ -386,8 +427,14 @@ fn checkpoint(rt: *mut Runtime, mask: u64) -> core::result::Result<Outcome, RawE
     };
     let mut ctx = Context::default();
     // SAFETY: ctx and job live on this frame for the whole call; capture_cb matches CaptureFn.
-    let back =
-        unsafe { arch::save_and_call(&mut ctx, capture_cb, &mut job as *mut Job as *mut c_void) };
+    let back = unsafe {
+        arch::save_and_call(
+            &mut ctx,
+            capture_cb,
+            &mut job as *mut Job as *mut c_void,
+            (*r.arena).stack_top,
+        )
+    };
     // Re-derive the reference: after a restore, memory is the image's, registers were reloaded.
     // SAFETY: as above.
     let r = unsafe { &mut *rt };
@@ -476,10 +523,10 @@ pub fn checkpoint_now() -> Result<()> {
             Err(Error::NotInitialized)
         };
     }
-    // SAFETY: published by init.
-    let sig = unsafe { (*rt).sig };
+    // Every signal is blocked while the capture runs, as in the timer's handler: an application
+    // handler must neither change memory being written nor run exit() in the middle.
     let mut old = 0u64;
-    let _ = syscall::sigprocmask(libc::SIG_BLOCK, Some(&signals::sigbit(sig)), Some(&mut old));
+    let _ = syscall::sigprocmask(libc::SIG_BLOCK, Some(&!0u64), Some(&mut old));
     let r = checkpoint(rt, old);
     let _ = syscall::sigprocmask(libc::SIG_SETMASK, Some(&old), None);
     r.map(drop).map_err(Error::from)
@@ -522,9 +569,14 @@ pub fn exclude(start: usize, len: usize) -> Result<()> {
 /// The message of the last failed checkpoint, if the last one failed.
 pub fn last_error() -> Option<String> {
     let rt = RUNTIME.load(Ordering::Acquire);
-    // SAFETY: published by init; a torn read of a message is impossible as the handler is
-    // blocked only during... the message is copied whole.
-    (!rt.is_null())
-        .then(|| unsafe { (*rt).last_error.map(|e| e.msg.to_string()) })
-        .flatten()
+    if rt.is_null() {
+        return None;
+    }
+    // The timer's handler writes the message: block it while copying.
+    let mut old = 0u64;
+    let _ = syscall::sigprocmask(libc::SIG_BLOCK, Some(&!0u64), Some(&mut old));
+    // SAFETY: published by init; with every signal blocked no capture runs on this thread.
+    let msg = unsafe { (*rt).last_error };
+    let _ = syscall::sigprocmask(libc::SIG_SETMASK, Some(&old), None);
+    msg.map(|e| e.msg.to_string())
 }

@@ -373,14 +373,15 @@ pub fn kill_and_restart(
     (r, log)
 }
 
-/// Runs `p` until a line of its stderr contains `needle`, then kills it with SIGKILL. Returns
-/// the stderr so far. Panics if the program ends first or `limit` passes.
-pub fn run_until_logged(
+/// Starts `p` and waits until a line of its stderr contains `needle`; returns the running
+/// child (its stderr keeps being drained) and the stderr so far. Panics if the program ends
+/// first or `limit` passes.
+pub fn spawn_waiting_for(
     p: &Program,
     extra: &[(&str, &str)],
     needle: &str,
     limit: Duration,
-) -> String {
+) -> (Child, String) {
     use std::io::BufRead;
     let start = Instant::now();
     let mut child = p.spawn(extra);
@@ -389,9 +390,8 @@ pub fn run_until_logged(
     std::thread::spawn(move || {
         for line in std::io::BufReader::new(stderr).lines() {
             let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
+            // Keep draining after the receiver is gone so the child never blocks on stderr.
+            let _ = tx.send(line);
         }
     });
     let mut log = String::new();
@@ -402,9 +402,7 @@ pub fn run_until_logged(
                 log.push_str(&line);
                 log.push('\n');
                 if hit {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return log;
+                    return (child, log);
                 }
             }
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
@@ -413,9 +411,23 @@ pub fn run_until_logged(
                 panic!("program ended ({st:?}) before logging {needle:?}\n{log}");
             }
         }
-        assert!(
-            start.elapsed() < limit,
-            "no {needle:?} within {limit:?}\n{log}"
-        );
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            panic!("no {needle:?} within {limit:?}\n{log}");
+        }
     }
+}
+
+/// Runs `p` until a line of its stderr contains `needle`, then kills it with SIGKILL. Returns
+/// the stderr so far.
+pub fn run_until_logged(
+    p: &Program,
+    extra: &[(&str, &str)],
+    needle: &str,
+    limit: Duration,
+) -> String {
+    let (mut child, log) = spawn_waiting_for(p, extra, needle, limit);
+    let _ = child.kill();
+    let _ = child.wait();
+    log
 }

@@ -4,9 +4,11 @@
 //!
 //! `save_and_call` is the `setjmp` of the checkpointer with the capture nested inside it: it
 //! stores the callee-saved registers, the stack pointer, the return address, MXCSR and the x87
-//! control word, then calls the capture function on the same stack. Because the capture runs
+//! control word, then calls the capture function on a separate stack. Because the capture runs
 //! *inside* the trampoline's call, the caller's frame is live and untouched while memory is
-//! written out. `resume` reloads a saved context on a process whose memory has been restored to
+//! written out, and because it runs on its own stack, nothing at or below the saved stack
+//! pointer changes either: the program's stack is frozen for the whole capture, whichever
+//! stack (main, alternate signal stack, a coroutine's) the program was on. `resume` reloads a saved context on a process whose memory has been restored to
 //! the image and returns `value` from that same `save_and_call` — a second return of one call,
 //! which Rust sees as an ordinary return because every register the ABI says survives a call
 //! is restored. `run_on_stack` switches to a fresh stack that no saved region overlaps.
@@ -36,13 +38,20 @@ pub struct Context {
 /// (which must be 0) is returned by `save_and_call` on the first return.
 pub type CaptureFn = unsafe extern "C" fn(ctx: *mut Context, arg: *mut c_void) -> usize;
 
-/// Saves the caller's context into `*ctx`, calls `f(ctx, arg)` and returns what it returns.
-/// After a restore, returns a second time with the non-zero value given to [`resume`].
+/// Saves the caller's context into `*ctx`, calls `f(ctx, arg)` on the stack whose top is
+/// `stack_top`, and returns what it returns. After a restore, returns a second time with the
+/// non-zero value given to [`resume`].
 ///
 /// # Safety
-/// `ctx` must be valid for writes; `f` must be safe to call with `(ctx, arg)`.
+/// `ctx` must be valid for writes; `f` must be safe to call with `(ctx, arg)`; `stack_top` must
+/// be the 16-byte-aligned top of a mapped, writable stack large enough for `f`.
 #[unsafe(naked)]
-pub unsafe extern "C" fn save_and_call(ctx: *mut Context, f: CaptureFn, arg: *mut c_void) -> usize {
+pub unsafe extern "C" fn save_and_call(
+    ctx: *mut Context,
+    f: CaptureFn,
+    arg: *mut c_void,
+    stack_top: usize,
+) -> usize {
     core::arch::naked_asm!(
         "mov [rdi + 0], rbx",
         "mov [rdi + 8], rbp",
@@ -57,12 +66,18 @@ pub unsafe extern "C" fn save_and_call(ctx: *mut Context, f: CaptureFn, arg: *mu
         "mov [rdi + 56], rax",
         "stmxcsr [rdi + 64]",
         "fnstcw [rdi + 68]",
-        // Entry leaves rsp at 8 mod 16; realign for the call.
-        "sub rsp, 8",
+        // Switch stacks, keeping the caller's rsp in rbx (its own value is already in ctx)
+        // and ctx on the new stack; the two pushes keep the call 16-byte aligned.
+        "mov rbx, rsp",
+        "mov rsp, rcx",
+        "push rdi",
+        "push rdi",
         "mov rax, rsi",
         "mov rsi, rdx",
         "call rax",
-        "add rsp, 8",
+        "pop rdi",
+        "mov rsp, rbx",
+        "mov rbx, [rdi + 0]",
         "ret",
     )
 }
@@ -124,9 +139,12 @@ mod tests {
         let mut ctx = Context::default();
         let mut saved: Option<Context> = None;
         let mut passes = 0u32;
-        // SAFETY: ctx and saved outlive both returns; resume is called while this frame is live
-        // and unchanged above the saved stack pointer.
-        let r = unsafe { save_and_call(&mut ctx, capture, &mut saved as *mut _ as *mut c_void) };
+        let stack = vec![0u8; 64 << 10];
+        let top = (stack.as_ptr() as usize + stack.len()) & !15;
+        // SAFETY: ctx, saved and the stack outlive both returns; resume is called while this
+        // frame is live and unchanged above the saved stack pointer.
+        let r =
+            unsafe { save_and_call(&mut ctx, capture, &mut saved as *mut _ as *mut c_void, top) };
         let passes_now = std::hint::black_box(&mut passes);
         *passes_now += 1;
         if r == 0 {

@@ -122,16 +122,35 @@ pub const PAGE_IS_SWAPPED: u64 = 1 << 4;
 /// Page maps the shared zero page.
 pub const PAGE_IS_PFNZERO: u64 = 1 << 5;
 
-/// Calls `each(start, end)` for every run of pages in `[start, end)` that holds data: present or
-/// swapped, and not the shared zero page. Pages never touched read as zeros and are skipped.
-/// Uses `buf` as the kernel's output vector.
+/// Page is backed by a file's page cache (not an anonymous copy).
+pub const PAGE_IS_FILE: u64 = 1 << 2;
+
+/// Which pages [`scan_populated`] reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scan {
+    /// Anonymous memory: pages that hold data (present or swapped, not the shared zero page).
+    /// Pages never touched read as zeros.
+    Populated,
+    /// A private file mapping: pages that are the process's own copies (written, or relocated
+    /// by the dynamic linker), not the file's pages.
+    Modified,
+}
+
+/// Calls `each(start, end)` for every run of pages in `[start, end)` of the kind `scan` asks
+/// for. Uses `buf` as the kernel's output vector.
 pub fn scan_populated(
     pagemap_fd: i32,
     start: usize,
     end: usize,
+    scan: Scan,
     buf: &mut [PageRegion],
     mut each: impl FnMut(usize, usize) -> Result<(), crate::error::RawError>,
 ) -> Result<SysResult<()>, crate::error::RawError> {
+    // Required-zero categories: the zero page for anonymous memory, file pages for file maps.
+    let exclude = match scan {
+        Scan::Populated => PAGE_IS_PFNZERO,
+        Scan::Modified => PAGE_IS_FILE | PAGE_IS_PFNZERO,
+    };
     let mut at = start as u64;
     while at < end as u64 {
         let mut arg = PmScanArg {
@@ -140,9 +159,9 @@ pub fn scan_populated(
             end: end as u64,
             vec: buf.as_mut_ptr() as u64,
             vec_len: buf.len() as u64,
-            // Require "not the zero page"; accept present or swapped.
-            category_inverted: PAGE_IS_PFNZERO,
-            category_mask: PAGE_IS_PFNZERO,
+            // Require the excluded categories to be absent; accept present or swapped.
+            category_inverted: exclude,
+            category_mask: exclude,
             category_anyof_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
             return_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
             ..Default::default()
@@ -193,10 +212,17 @@ mod tests {
         let fd = syscall::open(b"/proc/self/pagemap\0", libc::O_RDONLY, 0).unwrap();
         let mut buf = [PageRegion::default(); 1];
         let mut runs = Vec::new();
-        let r = scan_populated(fd, m.addr(), m.addr() + m.size(), &mut buf, |s, e| {
-            runs.push(((s - m.addr()) / PAGE, (e - m.addr()) / PAGE));
-            Ok(())
-        })
+        let r = scan_populated(
+            fd,
+            m.addr(),
+            m.addr() + m.size(),
+            Scan::Populated,
+            &mut buf,
+            |s, e| {
+                runs.push(((s - m.addr()) / PAGE, (e - m.addr()) / PAGE));
+                Ok(())
+            },
+        )
         .unwrap();
         syscall::close(fd).unwrap();
         if r == Err(Errno(libc::ENOTTY)) || r == Err(Errno(libc::EINVAL)) {

@@ -9,9 +9,11 @@
 //! program break will be where the image needs them, and only then blocks all signals. The
 //! *body* runs on a private stack inside the plan's own mapping, which overlaps no saved region
 //! and no current mapping; from there it unmaps, maps, reads page data straight from the image
-//! into the target addresses with `pread`, re-checks every checksum in place, restores the
-//! thread pointer and resumes the saved register context. It touches no heap memory and calls
-//! no libc function (only raw system calls and this crate's own code, which is kept mapped).
+//! into the target addresses with `pread` (every checksum was verified before the plan, with the
+//! store locked), restores the thread pointer and resumes the saved register context. It touches
+//! no heap memory and makes no call through the GOT or the PLT: only inline system calls, plain
+//! loops and wrapping arithmetic (no overflow-panic paths), whatever the build profile. File
+//! mappings that stay are never reset to the file, so a relocated GOT stays valid throughout.
 #![allow(unsafe_code)]
 
 use core::ffi::c_void;
@@ -322,6 +324,13 @@ pub fn restore_into(
                 op.aux = cur_stack.0;
             } else if maps::parse(cur).flatten().any(|e| identical(&e, r)) {
                 op.kind = OP_RESET;
+                // Only anonymous private memory is reset (to zeros) before its pages are read
+                // back. File mappings keep their pages: a writable one is saved whole, a
+                // read-only one has its modified pages saved, and resetting it to the file
+                // would leave a relocated GOT unrelocated until its pages are read.
+                if r.flags & (REGION_FILE | REGION_SHARED) == 0 {
+                    op.flags = libc::MAP_ANONYMOUS;
+                }
             } else if r.flags & REGION_FILE != 0 {
                 op.kind = OP_MAP;
                 op.flags = if r.flags & REGION_SHARED != 0 {
@@ -451,12 +460,27 @@ fn find_gap(a: &[(usize, usize)], b: &[(usize, usize)], size: usize) -> Option<u
     (at + size < 0x7f00_0000_0000).then_some(at)
 }
 
+/// Reports a failure after memory was replaced and exits. Uses only raw system calls and a
+/// hand-rolled hex conversion: the C library's state may already be gone.
 fn die(msg: &[u8], addr: usize) -> ! {
-    let mut line = crate::text::FixedStr::<256>::new();
-    line.push_bytes(b"ckpt: restore failed after memory was replaced: ");
-    line.push_bytes(msg);
-    let _ = core::fmt::write(&mut line, format_args!(" (at {addr:#x})\n"));
-    let _ = syscall::write(2, line.as_bytes());
+    let mut hex = [0u8; 19];
+    hex[0] = b'0';
+    hex[1] = b'x';
+    let mut i = 0;
+    while i < 16 {
+        let nibble = (addr >> (60 - 4 * i)) & 0xf;
+        hex[2 + i] = if nibble < 10 {
+            b'0' + nibble as u8
+        } else {
+            b'a' + nibble as u8 - 10
+        };
+        i += 1;
+    }
+    hex[18] = b'\n';
+    let _ = syscall::write(2, b"ckpt: restore failed after memory was replaced: ");
+    let _ = syscall::write(2, msg);
+    let _ = syscall::write(2, b" at ");
+    let _ = syscall::write(2, &hex);
     syscall::exit_group(70)
 }
 
@@ -465,7 +489,7 @@ unsafe extern "C" fn restore_body(arg: *mut c_void) -> ! {
     let p = unsafe { &*(arg as *const Plan) };
     for &(s, e) in p.unmaps {
         // SAFETY: the plan proved these mappings are neither kept, nor ours, nor special.
-        if unsafe { syscall::munmap(s, e - s) }.is_err() {
+        if unsafe { syscall::munmap(s, e.wrapping_sub(s)) }.is_err() {
             die(b"munmap", s);
         }
     }
@@ -487,8 +511,8 @@ unsafe extern "C" fn restore_body(arg: *mut c_void) -> ! {
                 if syscall::mprotect(op.start, op.len, op.prot_fill).is_err() {
                     die(b"mprotect", op.start);
                 }
-                // Private pages go back to zero (anonymous) or the file's contents.
-                if op.prot_fill & libc::PROT_WRITE != 0 && op.flags & libc::MAP_SHARED == 0 {
+                // Anonymous private pages go back to zero; unsaved ones must read as zeros.
+                if op.flags & libc::MAP_ANONYMOUS != 0 {
                     let _ = syscall::madvise(op.start, op.len, libc::MADV_DONTNEED);
                 }
             },
@@ -500,7 +524,8 @@ unsafe extern "C" fn restore_body(arg: *mut c_void) -> ! {
                     // SAFETY: a saved region's range, which the plan proved overlaps neither the plan
                     // mapping nor the code this body runs.
                     let _ = unsafe {
-                        syscall::madvise(op.start, page_ceil(p.brk) - op.start, libc::MADV_DONTNEED)
+                        let end = p.brk.wrapping_add(PAGE - 1) & !(PAGE - 1);
+                        syscall::madvise(op.start, end.wrapping_sub(op.start), libc::MADV_DONTNEED)
                     };
                 }
             }
@@ -511,7 +536,7 @@ unsafe extern "C" fn restore_body(arg: *mut c_void) -> ! {
                 // grows-down mapping on fault), then zero it.
                 let mut a = op.aux;
                 while a > op.start {
-                    a -= PAGE;
+                    a = a.wrapping_sub(PAGE);
                     core::ptr::write_volatile(a as *mut u8, 0);
                 }
                 let _ = syscall::madvise(op.start, op.len, libc::MADV_DONTNEED);
@@ -526,21 +551,13 @@ unsafe extern "C" fn restore_body(arg: *mut c_void) -> ! {
             match unsafe { syscall::pread_raw(p.image_fd, addr, left, off) } {
                 Ok(0) => die(b"image shorter than its runs", addr),
                 Ok(n) => {
-                    addr += n;
-                    left -= n;
-                    off += n as u64;
+                    addr = addr.wrapping_add(n);
+                    left = left.wrapping_sub(n.min(left));
+                    off = off.wrapping_add(n as u64);
                 }
                 Err(syscall::Errno(libc::EINTR)) => {}
                 Err(_) => die(b"read of page data", addr),
             }
-        }
-        // SAFETY: the run's bytes were just read into mapped memory.
-        let bytes = unsafe { core::slice::from_raw_parts(run.addr as *const u8, run.len as usize) };
-        if crc32c::crc32c(bytes) != run.crc {
-            die(
-                b"page data changed on disk after it was verified",
-                run.addr as usize,
-            );
         }
     }
     for op in p.ops {

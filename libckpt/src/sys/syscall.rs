@@ -175,6 +175,31 @@ pub fn pwrite_all(fd: i32, mut buf: &[u8], mut offset: u64) -> SysResult<()> {
     Ok(())
 }
 
+/// Reads exactly `buf.len()` bytes at `offset`; `Ok(false)` if the file ends first.
+pub fn pread_exact(fd: i32, buf: &mut [u8], mut offset: u64) -> SysResult<bool> {
+    let mut done = 0;
+    while done < buf.len() {
+        // SAFETY: the kernel writes at most the remaining length into `buf`.
+        match unsafe {
+            pread_raw(
+                fd,
+                buf[done..].as_mut_ptr() as usize,
+                buf.len() - done,
+                offset,
+            )
+        } {
+            Ok(0) => return Ok(false),
+            Ok(n) => {
+                done += n;
+                offset += n as u64;
+            }
+            Err(Errno(libc::EINTR)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
+}
+
 /// Reads a whole small file (from /proc) into `buf`; returns the length or `ENOBUFS` if it
 /// does not fit.
 pub fn read_file(path: &[u8], buf: &mut [u8]) -> SysResult {
