@@ -5,6 +5,15 @@
 //! `probe exclude MARKER` — an excluded page reads as zeros after a restore.
 //! `probe hold SECS` — holds the store for SECS seconds.
 //! `probe spin SECS` — a busy loop with a digest, for timer-driven checkpoints.
+//! `probe early-files PATH N` — like `files`, with the file opened before checkpointing starts.
+//! `probe dlopen MARKER` — a library loaded with dlopen still works after a restore.
+//! `probe altstack MARKER` — a checkpoint taken inside a handler on the alternate signal stack.
+//! `probe panic` — a checkpoint, then a panic: the checkpoints must stay.
+//! `probe rseq MARKER` — glibc's rseq area is registered again after a restore.
+//! `probe protnone MARKER` — data in memory mapped PROT_NONE survives a restore.
+//!
+//! The scenarios with a MARKER checkpoint, then kill themselves; run again after the marker
+//! file was created, they are the restored process and report what they find.
 //!
 //! # Safety
 //!
@@ -94,11 +103,17 @@ fn refuse() {
 }
 
 fn files(path: &str, n: usize) {
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .expect("open output");
+    files_to(
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .expect("open output"),
+        n,
+    )
+}
+
+fn files_to(mut f: std::fs::File, n: usize) {
     let mut i = 0;
     while i < n {
         writeln!(f, "line {i}").expect("write");
@@ -143,6 +158,125 @@ fn exclude(marker: &str) {
     }
 }
 
+/// After `checkpoint_now`: in the first run (no marker yet) die as a crash would; in the
+/// restored run return so the scenario can report.
+fn crash_unless_restored(marker: &str) {
+    if !std::path::Path::new(marker).exists() {
+        println!("checkpointed");
+        std::io::stdout().flush().ok();
+        // SAFETY: ends the process as a crash would, leaving the checkpoint behind.
+        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+    }
+}
+
+fn dlopen(marker: &str) {
+    // zlib is not linked into this program: it is mapped (text, data, relocated RELRO) only now.
+    // SAFETY: dlopen/dlsym with NUL-terminated names; crc32 has the C signature declared here.
+    let crc32: extern "C" fn(u64, *const u8, u32) -> u64 = unsafe {
+        let h = libc::dlopen(c"libz.so.1".as_ptr(), libc::RTLD_NOW);
+        if h.is_null() {
+            println!("skipped dlopen: libz.so.1 is not installed");
+            return;
+        }
+        let f = libc::dlsym(h, c"crc32".as_ptr());
+        assert!(!f.is_null());
+        core::mem::transmute::<*mut libc::c_void, extern "C" fn(u64, *const u8, u32) -> u64>(f)
+    };
+    let data = b"checkpoint";
+    let before = crc32(0, data.as_ptr(), data.len() as u32);
+    ckpt::checkpoint_now().expect("checkpoint");
+    crash_unless_restored(marker);
+    let after = crc32(0, data.as_ptr(), data.len() as u32);
+    println!("zlib crc32 before {before:08x} after {after:08x}");
+}
+
+static ALT_RESULT: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+extern "C" fn checkpoint_in_handler(_: i32) {
+    let ok = ckpt::checkpoint_now().is_ok();
+    ALT_RESULT.store(ok as i32, std::sync::atomic::Ordering::SeqCst);
+}
+
+fn altstack(marker: &str) {
+    let stack = vec![0u8; 256 << 10].leak();
+    let ss = libc::stack_t {
+        ss_sp: stack.as_mut_ptr() as *mut libc::c_void,
+        ss_flags: 0,
+        ss_size: stack.len(),
+    };
+    // SAFETY: the alternate stack is leaked memory that lives for the whole process; the handler
+    // is an extern "C" function installed with SA_ONSTACK.
+    unsafe {
+        assert_eq!(libc::sigaltstack(&ss, core::ptr::null_mut()), 0);
+        let mut act: libc::sigaction = core::mem::zeroed();
+        act.sa_sigaction = checkpoint_in_handler as *const () as usize;
+        act.sa_flags = libc::SA_ONSTACK;
+        assert_eq!(
+            libc::sigaction(libc::SIGUSR1, &act, core::ptr::null_mut()),
+            0
+        );
+        libc::raise(libc::SIGUSR1);
+    }
+    assert_eq!(
+        ALT_RESULT.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "checkpoint in the handler failed"
+    );
+    crash_unless_restored(marker);
+    println!("restored from a checkpoint taken on the alternate stack");
+}
+
+fn rseq(marker: &str) {
+    ckpt::checkpoint_now().expect("checkpoint");
+    crash_unless_restored(marker);
+    // Registering glibc's area again must fail with EBUSY if it is still (again) registered.
+    // SAFETY: dlsym lookups of glibc's exported rseq variables; the rseq call with a pointer into
+    // this thread's descriptor only asks the kernel to compare it with the registration.
+    unsafe {
+        let off = libc::dlsym(libc::RTLD_DEFAULT, c"__rseq_offset".as_ptr()) as *const isize;
+        let size = libc::dlsym(libc::RTLD_DEFAULT, c"__rseq_size".as_ptr()) as *const u32;
+        if off.is_null() || size.is_null() || *size == 0 {
+            println!("skipped rseq: glibc does not register it here");
+            return;
+        }
+        let area = (libc::pthread_self() as usize).wrapping_add_signed(*off);
+        let r = libc::syscall(libc::SYS_rseq, area, (*size).max(32), 0, 0x5305_3053u32);
+        let errno = *libc::__errno_location();
+        let state = if r == -1 && errno == libc::EBUSY {
+            "registered"
+        } else {
+            "NOT registered"
+        };
+        println!("rseq registration check: ret {r} errno {errno} ({state})");
+    }
+}
+
+fn protnone(marker: &str) {
+    // SAFETY: a fresh private anonymous page, owned here.
+    let p = unsafe {
+        let p = libc::mmap(
+            core::ptr::null_mut(),
+            4096,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        assert_ne!(p, libc::MAP_FAILED);
+        *(p as *mut u64) = 42;
+        assert_eq!(libc::mprotect(p, 4096, libc::PROT_NONE), 0);
+        p
+    };
+    ckpt::checkpoint_now().expect("checkpoint");
+    crash_unless_restored(marker);
+    // SAFETY: the page is ours; made readable again to look at it.
+    let v = unsafe {
+        assert_eq!(libc::mprotect(p, 4096, libc::PROT_READ), 0);
+        *(p as *const u64)
+    };
+    println!("value in PROT_NONE page: {v}");
+}
+
 fn spin(secs: f64) {
     let end = Instant::now() + Duration::from_secs_f64(secs);
     let mut v: Vec<u64> = (0..1 << 20).collect();
@@ -157,10 +291,28 @@ fn spin(secs: f64) {
 }
 
 fn main() {
-    ckpt_suite::checkpointing_from_env();
     let args: Vec<String> = std::env::args().collect();
     let arg = |i: usize| args.get(i).map(String::as_str).unwrap_or("");
+    // Opened before checkpointing starts, so it takes a low descriptor number that a restoring
+    // process uses for its own purposes.
+    let early = (arg(1) == "early-files").then(|| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(arg(2))
+            .expect("open output")
+    });
+    ckpt_suite::checkpointing_from_env();
     match arg(1) {
+        "early-files" => files_to(early.expect("opened above"), arg(3).parse().unwrap_or(100)),
+        "dlopen" => dlopen(arg(2)),
+        "altstack" => altstack(arg(2)),
+        "rseq" => rseq(arg(2)),
+        "protnone" => protnone(arg(2)),
+        "panic" => {
+            ckpt::checkpoint_now().expect("checkpoint");
+            panic!("deliberate panic after a checkpoint");
+        }
         "refuse" => refuse(),
         "files" => files(arg(2), arg(3).parse().unwrap_or(100)),
         "exclude" => exclude(arg(2)),

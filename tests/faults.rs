@@ -464,3 +464,147 @@ fn restore_modes() {
         fresh.stderr
     );
 }
+
+/// Runs a probe scenario that checkpoints and then dies, then runs it again as the restored
+/// process; returns the second run's stdout.
+fn restored_scenario(mode: &str) -> String {
+    let dir = TempDir::new(mode);
+    let marker = dir.path().join("restored");
+    let store = dir.path().join("s");
+    let p = Program::new(rust_example("probe"), &[mode, marker.to_str().unwrap()]);
+    let env = [("CKPT_DIR", store.to_str().unwrap()), ("CKPT_LOG", "info")];
+    let first = p.run(&env, LIMIT);
+    if first.stdout.contains("skipped") {
+        return first.stdout;
+    }
+    assert!(
+        first.stdout.contains("checkpointed"),
+        "{mode}: {}\n{}",
+        first.stdout,
+        first.stderr
+    );
+    std::fs::write(&marker, b"").unwrap();
+    let second = p.run(&env, LIMIT);
+    second.assert_ok(mode);
+    assert!(
+        second.stderr.contains("restored generation"),
+        "{mode}: {}",
+        second.stderr
+    );
+    second.stdout
+}
+
+#[test]
+fn a_library_loaded_with_dlopen_works_after_restore() {
+    let out = restored_scenario("dlopen");
+    if out.contains("skipped") {
+        eprintln!("SKIPPED: {out}");
+        return;
+    }
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("zlib crc32"))
+        .unwrap_or_else(|| panic!("{out}"));
+    let v: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(v[3], v[5], "{line}");
+}
+
+#[test]
+fn a_checkpoint_taken_on_the_alternate_signal_stack_restores() {
+    let out = restored_scenario("altstack");
+    assert!(
+        out.contains("restored from a checkpoint taken on the alternate stack"),
+        "{out}"
+    );
+}
+
+#[test]
+fn rseq_is_registered_again_after_restore() {
+    let out = restored_scenario("rseq");
+    if out.contains("skipped") {
+        eprintln!("SKIPPED: {out}");
+        return;
+    }
+    assert!(out.contains("(registered)"), "{out}");
+}
+
+#[test]
+fn data_in_prot_none_memory_survives() {
+    let out = restored_scenario("protnone");
+    assert!(out.contains("value in PROT_NONE page: 42"), "{out}");
+}
+
+#[test]
+fn a_failed_run_keeps_its_checkpoints() {
+    let store = TempDir::new("panic");
+    let r = Program::new(rust_example("probe"), &["panic"]).run(
+        &[
+            ("CKPT_DIR", store.path().to_str().unwrap()),
+            ("CKPT_LOG", "info"),
+        ],
+        LIMIT,
+    );
+    assert_eq!(r.status.code(), Some(101), "{}", r.stderr);
+    assert!(r.stderr.contains("checkpoints kept"), "{}", r.stderr);
+    assert_eq!(images(store.path()).len(), 1);
+}
+
+#[test]
+fn a_file_opened_before_init_and_checkpoints_after_restore() {
+    // The file gets a low descriptor (3) that the restoring process also uses for its own
+    // purposes: after each restore, checkpoints must keep working.
+    let mut rng = Rng::new("early-files");
+    let dir = TempDir::new("early-files");
+    let out = dir.path().join("out.txt");
+    let p = Program::new(
+        rust_example("probe"),
+        &["early-files", out.to_str().unwrap(), "400"],
+    );
+    let (r, log) = kill_and_restart(
+        &p,
+        &dir.path().join("store"),
+        "1h",
+        4,
+        false,
+        Duration::from_millis(2500),
+        &mut rng,
+    );
+    r.assert_ok("early-files");
+    assert!(log.contains("restored generation"), "{log}");
+    assert!(
+        !log.contains("failed"),
+        "a checkpoint failed after a restore\n{log}"
+    );
+    let text = std::fs::read_to_string(&out).unwrap();
+    let want: String = (0..400).map(|i| format!("line {i}\n")).collect();
+    assert!(text == want, "output differs after restarts\n{log}");
+}
+
+#[test]
+fn a_replaced_file_is_refused_not_truncated() {
+    let dir = TempDir::new("replaced");
+    let out = dir.path().join("out.txt");
+    let store = dir.path().join("store");
+    let p = Program::new(
+        rust_example("probe"),
+        &["files", out.to_str().unwrap(), "400"],
+    );
+    let env = [("CKPT_DIR", store.to_str().unwrap()), ("CKPT_LOG", "info")];
+    run_until_logged(&p, &env, "checkpoint 3 committed", LIMIT);
+    // Another file of the same name and contents (as after a log rotation).
+    let text = std::fs::read(&out).unwrap();
+    std::fs::remove_file(&out).unwrap();
+    std::fs::write(&out, &text).unwrap();
+    let r = p.run(&env, LIMIT);
+    assert_eq!(r.status.code(), Some(75), "{:?}\n{}", r.status, r.stderr);
+    assert!(
+        r.stderr.contains("was replaced by another file"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(
+        std::fs::read(&out).unwrap(),
+        text,
+        "the replacing file was changed"
+    );
+}

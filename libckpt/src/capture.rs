@@ -339,6 +339,7 @@ fn capture_files(rt: &Runtime, t: &mut Tables<'_>) -> Result<(), RawError> {
             ));
         }
         let path = t.string(target)?;
+        let btime = syscall::birth_time(fd).unwrap_or((0, 0));
         t.arena.files[t.n_files] = FileRec {
             fd,
             flags,
@@ -349,6 +350,9 @@ fn capture_files(rt: &Runtime, t: &mut Tables<'_>) -> Result<(), RawError> {
             path,
             dev: st.st_dev,
             ino: st.st_ino,
+            btime_sec: btime.0,
+            btime_nsec: btime.1,
+            pad2: 0,
         };
         t.n_files += 1;
     }

@@ -292,6 +292,13 @@ pub struct FileRec {
     pub dev: u64,
     /// Inode of the file.
     pub ino: u64,
+    /// Birth time of the file, seconds (0 when the filesystem does not report one): inode
+    /// numbers are reused at once, so this is what tells a replaced file apart.
+    pub btime_sec: i64,
+    /// Birth time, nanoseconds.
+    pub btime_nsec: u32,
+    /// Padding, zero.
+    pub pad2: u32,
 }
 
 /// A signal's disposition.
@@ -585,5 +592,5 @@ fn check_refs(m: &Manifest) -> Result<(), FormatError> {
 // The sizes IMAGE-FORMAT.md documents.
 const _: () = assert!(size_of::<Header>() == 88);
 const _: () = assert!(
-    size_of::<RegionRec>() == 56 && size_of::<RunRec>() == 32 && size_of::<FileRec>() == 56
+    size_of::<RegionRec>() == 56 && size_of::<RunRec>() == 32 && size_of::<FileRec>() == 72
 );

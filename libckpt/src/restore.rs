@@ -156,7 +156,17 @@ fn check_files(m: &Manifest, image: &Path) -> Result<()> {
             ),
         };
         let st = std::fs::metadata(path).map_err(|e| fail(format!("cannot be opened: {e}")))?;
-        if st.dev() != f.dev || st.ino() != f.ino {
+        let born = st
+            .created()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
+        let same_birth = match born {
+            Some(b) if f.btime_sec != 0 => {
+                b.as_secs() as i64 == f.btime_sec && b.subsec_nanos() == f.btime_nsec
+            }
+            _ => true,
+        };
+        if st.dev() != f.dev || st.ino() != f.ino || !same_birth {
             return Err(fail("was replaced by another file since".into()));
         }
         if f.kind == FILE_REGULAR && st.size() < f.size {

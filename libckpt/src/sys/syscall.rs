@@ -312,6 +312,27 @@ pub fn stat(path: &[u8]) -> SysResult<libc::stat> {
     Ok(st)
 }
 
+/// The birth time of the file open at `fd` (`statx` with `STATX_BTIME`), if the filesystem
+/// records one.
+pub fn birth_time(fd: i32) -> Option<(i64, u32)> {
+    // SAFETY: an all-zero statx is valid plain data.
+    let mut stx: libc::statx = unsafe { core::mem::zeroed() };
+    // SAFETY: the kernel fills one `struct statx`; the empty path names `fd` itself.
+    let r = unsafe {
+        syscall6(
+            libc::SYS_statx,
+            fd as usize,
+            c"".as_ptr() as usize,
+            libc::AT_EMPTY_PATH as usize,
+            libc::STATX_BTIME as usize,
+            &mut stx as *mut libc::statx as usize,
+            0,
+        )
+    };
+    (r.is_ok() && stx.stx_mask & libc::STATX_BTIME != 0)
+        .then_some((stx.stx_btime.tv_sec, stx.stx_btime.tv_nsec))
+}
+
 /// `lseek(fd, off, whence)`.
 pub fn lseek(fd: i32, off: i64, whence: i32) -> SysResult<u64> {
     // SAFETY: no pointers.
