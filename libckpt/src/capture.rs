@@ -294,12 +294,16 @@ fn capture_files(rt: &Runtime, t: &mut Tables<'_>) -> Result<(), RawError> {
             libc::S_IFCHR => FILE_CHARDEV,
             libc::S_IFDIR => FILE_DIR,
             libc::S_IFSOCK => {
-                return Err(raw_err!(Refused, "fd {fd} is a socket ({})", Bytes(target)));
+                return Err(raw_err!(
+                    Refused,
+                    "fd {fd} is a socket ({}){INHERITED}",
+                    Bytes(target)
+                ));
             }
             libc::S_IFIFO => {
                 return Err(raw_err!(
                     Refused,
-                    "fd {fd} is a pipe or FIFO ({})",
+                    "fd {fd} is a pipe or FIFO ({}){INHERITED}",
                     Bytes(target)
                 ));
             }
@@ -716,6 +720,9 @@ fn write_run(
     *off += len as u64;
     Ok(())
 }
+
+/// Added to refusals of pipes and sockets, which are often inherited without the program knowing.
+const INHERITED: &str = "; if the program inherited it, whatever starts the program must close it or mark it close-on-exec";
 
 /// Capture-time region flag: contents may need saving (never written to an image).
 const CANDIDATE: u32 = 1 << 30;
