@@ -24,24 +24,6 @@ fn installed() -> (TempDir, PathBuf) {
     (prefix, lib)
 }
 
-fn survives(p: &Program, name: &str) {
-    let mut rng = Rng::new(name);
-    let (digest, base) = baseline(p);
-    let store = TempDir::new(name);
-    // Checkpoints come from the program's own calls; the timer is off.
-    let (run, log) = kill_and_restart(p, store.path(), "1h", 3, false, base, &mut rng);
-    run.assert_ok(name);
-    assert_eq!(
-        run.digest().as_deref(),
-        Some(digest.as_str()),
-        "{name}: digest differs\n{log}"
-    );
-    assert!(
-        log.contains("restored generation"),
-        "{name}: no restore\n{log}"
-    );
-}
-
 #[test]
 fn c_program_linked_through_pkg_config() {
     let (prefix, lib) = installed();
@@ -68,7 +50,13 @@ fn c_program_linked_through_pkg_config() {
         st.success(),
         "compiling explicit.c against the installed library failed"
     );
-    survives(&Program::new(&exe, &["1000000", "400"]), "explicit_c");
+    assert_survives(
+        &Program::new(&exe, &["1000000", "400"]),
+        "explicit_c",
+        "1h",
+        3,
+        false,
+    );
 }
 
 #[test]
@@ -96,5 +84,5 @@ fn fortran_program_using_the_module() {
         st.success(),
         "compiling module.f90 with the ckpt module failed"
     );
-    survives(&Program::new(&exe, &[]), "module_f90");
+    assert_survives(&Program::new(&exe, &[]), "module_f90", "1h", 3, false);
 }

@@ -366,31 +366,8 @@ fn files_come_back_at_their_descriptor_offset_and_length() {
 
 #[test]
 fn excluded_pages_read_as_zero_after_restore() {
-    let dir = TempDir::new("exclude");
-    let marker = dir.path().join("restored");
-    let p = Program::new(
-        rust_example("probe"),
-        &["exclude", marker.to_str().unwrap()],
-    );
-    let env = [
-        (
-            "CKPT_DIR",
-            dir.path().join("s").to_str().unwrap().to_string(),
-        ),
-        ("CKPT_LOG", "off".into()),
-    ];
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let first = p.run(&env, LIMIT);
-    assert!(first.stdout.contains("checkpointed"), "{}", first.stderr);
-    std::fs::write(&marker, b"").unwrap();
-    let second = p.run(&env, LIMIT);
-    second.assert_ok("exclude restore");
-    assert!(
-        second.stdout.contains("page sums [700416, 0, 700416]"),
-        "{}\n{}",
-        second.stdout,
-        second.stderr
-    );
+    let out = restored_scenario("exclude");
+    assert!(out.contains("page sums [700416, 0, 700416]"), "{out}");
 }
 
 #[test]

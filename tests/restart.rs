@@ -17,27 +17,16 @@ const RUST: &[(&str, &[&str])] = &[
     ("mapchurn", &[]),
 ];
 
-fn survives(p: &Program, name: &str) {
-    let mut rng = Rng::new(name);
-    let (digest, base) = baseline(p);
-    let store = TempDir::new(name);
-    let (run, log) = kill_and_restart(p, store.path(), "150ms", 4, true, base, &mut rng);
-    run.assert_ok(name);
-    assert_eq!(
-        run.digest().as_deref(),
-        Some(digest.as_str()),
-        "{name}: digest differs after kill/restart\n{log}"
-    );
-    assert!(
-        log.contains("restored generation"),
-        "{name}: no restore happened\n{log}"
-    );
-}
-
 #[test]
 fn rust_examples_survive_kill_and_restart() {
     // One after another: the machine has two cores and each workload is CPU bound.
     for (name, args) in RUST {
-        survives(&Program::new(rust_example(name), args), name);
+        assert_survives(
+            &Program::new(rust_example(name), args),
+            name,
+            "150ms",
+            4,
+            true,
+        );
     }
 }

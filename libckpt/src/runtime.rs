@@ -513,16 +513,24 @@ extern "C" fn on_signal(_sig: i32, _info: *mut libc::siginfo_t, _uctx: *mut c_vo
     unsafe { *libc::__errno_location() = errno };
 }
 
+/// The running runtime; `None` when `init` found checkpointing off (callers then do nothing);
+/// an error before `init`.
+fn published() -> Result<Option<*mut Runtime>> {
+    let rt = RUNTIME.load(Ordering::Acquire);
+    if !rt.is_null() {
+        Ok(Some(rt))
+    } else if OFF.load(Ordering::Acquire) {
+        Ok(None)
+    } else {
+        Err(Error::NotInitialized)
+    }
+}
+
 /// `ckpt::checkpoint_now`.
 pub fn checkpoint_now() -> Result<()> {
-    let rt = RUNTIME.load(Ordering::Acquire);
-    if rt.is_null() {
-        return if OFF.load(Ordering::Acquire) {
-            Ok(())
-        } else {
-            Err(Error::NotInitialized)
-        };
-    }
+    let Some(rt) = published()? else {
+        return Ok(());
+    };
     // Every signal is blocked while the capture runs, as in the timer's handler: an application
     // handler must neither change memory being written nor run exit() in the middle.
     let mut old = 0u64;
@@ -534,14 +542,9 @@ pub fn checkpoint_now() -> Result<()> {
 
 /// `ckpt::exclude`.
 pub fn exclude(start: usize, len: usize) -> Result<()> {
-    let rt = RUNTIME.load(Ordering::Acquire);
-    if rt.is_null() {
-        return if OFF.load(Ordering::Acquire) {
-            Ok(())
-        } else {
-            Err(Error::NotInitialized)
-        };
-    }
+    let Some(rt) = published()? else {
+        return Ok(());
+    };
     // Only whole pages inside the range can be left out.
     let (s, e) = (page_ceil(start), page_floor(start.saturating_add(len)));
     if s >= e {

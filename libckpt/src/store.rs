@@ -45,7 +45,18 @@ pub fn parse_name(name: &[u8]) -> Option<(u64, &[u8])> {
 
 /// Calls `f` with each entry name of the directory at `path` (NUL-terminated), using `buf`.
 pub fn each_dirent(path: &[u8], buf: &mut [u8], f: impl FnMut(&[u8])) -> SysResult<()> {
-    let fd = syscall::open(
+    each_dirent_at(libc::AT_FDCWD, path, buf, f)
+}
+
+/// Like [`each_dirent`], with `path` relative to the directory open at `dir_fd`.
+pub fn each_dirent_at(
+    dir_fd: i32,
+    path: &[u8],
+    buf: &mut [u8],
+    f: impl FnMut(&[u8]),
+) -> SysResult<()> {
+    let fd = syscall::openat(
+        dir_fd,
         path,
         libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
         0,
@@ -81,15 +92,7 @@ fn each_dirent_fd(fd: i32, buf: &mut [u8], mut f: impl FnMut(&[u8])) -> SysResul
 /// Fills `out` with the committed generations of the store, oldest first; returns how many.
 pub fn committed(dir_fd: i32, dents: &mut [u8], out: &mut [u64]) -> usize {
     let mut n = 0;
-    let Ok(fd) = syscall::openat(
-        dir_fd,
-        b".\0",
-        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
-        0,
-    ) else {
-        return 0;
-    };
-    let _ = each_dirent_fd(fd, dents, |name| {
+    let _ = each_dirent_at(dir_fd, b".\0", dents, |name| {
         if let Some((g, suffix)) = parse_name(name)
             && suffix == IMAGE.as_bytes()
             && n < out.len()
@@ -98,7 +101,6 @@ pub fn committed(dir_fd: i32, dents: &mut [u8], out: &mut [u64]) -> usize {
             n += 1;
         }
     });
-    let _ = syscall::close(fd);
     out[..n].sort_unstable();
     n
 }
@@ -119,18 +121,10 @@ pub fn prune(dir_fd: i32, dents: &mut [u8], current: u64, keep: u32) {
         }
     }
     // Damaged and temporary leftovers: remove those older than what we keep.
-    let Ok(fd) = syscall::openat(
-        dir_fd,
-        b".\0",
-        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
-        0,
-    ) else {
-        return;
-    };
     let mut stale = [0u64; 64];
     let mut stale_kind = [false; 64];
     let mut m = 0;
-    let _ = each_dirent_fd(fd, dents, |name| {
+    let _ = each_dirent_at(dir_fd, b".\0", dents, |name| {
         if let Some((g, suffix)) = parse_name(name) {
             let old_corrupt = suffix == CORRUPT.as_bytes() && g < oldest_kept;
             let old_tmp = suffix == TMP.as_bytes() && g < current;
@@ -141,7 +135,6 @@ pub fn prune(dir_fd: i32, dents: &mut [u8], current: u64, keep: u32) {
             }
         }
     });
-    let _ = syscall::close(fd);
     for i in 0..m {
         let mut nm = name(stale[i], if stale_kind[i] { TMP } else { CORRUPT });
         if let Some(c) = nm.as_cstr() {
@@ -157,22 +150,13 @@ pub fn remove_all(dir_fd: i32, dents: &mut [u8]) -> usize {
     loop {
         let mut batch = [[0u8; 48]; 64];
         let mut n = 0;
-        let Ok(fd) = syscall::openat(
-            dir_fd,
-            b".\0",
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
-            0,
-        ) else {
-            return removed;
-        };
-        let _ = each_dirent_fd(fd, dents, |name| {
+        let listed = each_dirent_at(dir_fd, b".\0", dents, |name| {
             if parse_name(name).is_some() && n < batch.len() && name.len() < 48 {
                 batch[n][..name.len()].copy_from_slice(name);
                 n += 1;
             }
         });
-        let _ = syscall::close(fd);
-        if n == 0 {
+        if listed.is_err() || n == 0 {
             return removed;
         }
         for name in &batch[..n] {

@@ -431,3 +431,38 @@ pub fn run_until_logged(
     let _ = child.wait();
     log
 }
+
+/// The kill-and-restart check every workload passes: an uninterrupted run gives the reference
+/// digest; then, checkpointing every `interval` ("1h" leaves checkpoints to the program's own
+/// calls), it is killed `kills` times at random moments (the first in the middle of writing an
+/// image when `mid_checkpoint`), restarted each time, and must end with the same digest.
+pub fn assert_survives(
+    p: &Program,
+    name: &str,
+    interval: &str,
+    kills: usize,
+    mid_checkpoint: bool,
+) {
+    let mut rng = Rng::new(name);
+    let (digest, base) = baseline(p);
+    let store = TempDir::new(name);
+    let (run, log) = kill_and_restart(
+        p,
+        store.path(),
+        interval,
+        kills,
+        mid_checkpoint,
+        base,
+        &mut rng,
+    );
+    run.assert_ok(name);
+    assert_eq!(
+        run.digest().as_deref(),
+        Some(digest.as_str()),
+        "{name}: digest differs after kill/restart\n{log}"
+    );
+    assert!(
+        log.contains("restored generation"),
+        "{name}: no restore happened\n{log}"
+    );
+}
