@@ -1,1 +1,4 @@
-//! Remote-memory pool client (placeholder until issue #5 lands).
+//! Remote-memory pool client and the rmem wire protocol.
+#![deny(unsafe_code)]
+pub mod auth;
+pub mod proto;
