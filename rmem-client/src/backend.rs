@@ -57,6 +57,12 @@ pub trait Backend: std::fmt::Debug + Send {
     fn free(&mut self, generation: u64) -> BResult<()>;
     fn status(&mut self) -> BResult<Status>;
 
+    /// Objects whose pipelined put was refused since the last call, as (generation, key); the
+    /// backend stays usable and the other puts were stored.
+    fn take_failed_puts(&mut self) -> Vec<(u64, u64)> {
+        Vec::new()
+    }
+
     /// One read, not pipelined.
     fn get(&mut self, generation: u64, key: u64) -> BResult<Vec<u8>> {
         self.send_get(generation, key)?;

@@ -41,6 +41,8 @@ struct Pending {
     req: u64,
     kind: Kind,
     bytes: u64,
+    /// (generation, key) of the object a put or get names.
+    obj: (u64, u64),
 }
 
 /// An authenticated connection.
@@ -57,6 +59,8 @@ pub struct Conn {
     gets_done: VecDeque<BResult<Vec<u8>>>,
     /// First failure among pipelined puts not yet reported by `sync`.
     put_error: Option<BackendError>,
+    /// Objects whose pipelined put was refused (the others were stored).
+    failed_puts: Vec<(u64, u64)>,
     /// Sticky: once the connection is broken every call fails with this.
     dead: Option<BackendError>,
     pub instance: InstanceId,
@@ -102,6 +106,7 @@ impl Conn {
             window: 8 << 20,
             gets_done: VecDeque::new(),
             put_error: None,
+            failed_puts: Vec::new(),
             dead: None,
             instance: [0; 16],
             capacity: 0,
@@ -237,7 +242,7 @@ impl Conn {
     }
 
     /// Sends a request and remembers it as pending.
-    fn send(&mut self, op: Op, kind: Kind, parts: &[&[u8]]) -> BResult<u64> {
+    fn send(&mut self, op: Op, kind: Kind, obj: (u64, u64), parts: &[&[u8]]) -> BResult<u64> {
         self.check()?;
         let bytes = (HEADER_LEN + parts.iter().map(|p| p.len()).sum::<usize>()) as u64;
         // Flow control: keep unanswered request bytes under the window.
@@ -247,7 +252,12 @@ impl Conn {
         let req = self.next_req;
         self.next_req += 1;
         self.write(op, req, parts)?;
-        self.pending.push_back(Pending { req, kind, bytes });
+        self.pending.push_back(Pending {
+            req,
+            kind,
+            bytes,
+            obj,
+        });
         self.outstanding += bytes;
         Ok(req)
     }
@@ -271,6 +281,7 @@ impl Conn {
             (Kind::Put, Op::Error) => {
                 let e = self.server_error(&f.payload);
                 self.put_error.get_or_insert(e.clone());
+                self.failed_puts.push(p.obj);
                 if e.is_down() {
                     return Err(e);
                 }
@@ -353,7 +364,17 @@ impl Backend for Conn {
         let mut h = [0u8; 16];
         h[..8].copy_from_slice(&generation.to_le_bytes());
         h[8..].copy_from_slice(&key.to_le_bytes());
-        self.send(Op::Put, Kind::Put, &[&h, data]).map(|_| ())
+        // A refused earlier put (no space, revoked) is reported now, before sending more, so
+        // the writer can send the rest elsewhere. It stays pending for `sync` as well.
+        if let Some(e) = &self.put_error {
+            return Err(e.clone());
+        }
+        self.send(Op::Put, Kind::Put, (generation, key), &[&h, data])
+            .map(|_| ())
+    }
+
+    fn take_failed_puts(&mut self) -> Vec<(u64, u64)> {
+        std::mem::take(&mut self.failed_puts)
     }
 
     fn sync(&mut self) -> BResult<()> {
@@ -370,7 +391,8 @@ impl Backend for Conn {
         let mut h = [0u8; 16];
         h[..8].copy_from_slice(&generation.to_le_bytes());
         h[8..].copy_from_slice(&key.to_le_bytes());
-        self.send(Op::Get, Kind::Get, &[&h]).map(|_| ())
+        self.send(Op::Get, Kind::Get, (generation, key), &[&h])
+            .map(|_| ())
     }
 
     fn recv_get(&mut self) -> BResult<Vec<u8>> {

@@ -366,6 +366,13 @@ impl Pool {
         v
     }
 
+    fn free_of(&self, h: Handle) -> u64 {
+        match h {
+            Handle::Server(i) => self.slots[i].status.map_or(0, |s| s.free()),
+            Handle::Disk | Handle::Flushed => u64::MAX,
+        }
+    }
+
     /// Starts writing generation `generation`.
     pub fn begin_generation(&mut self, generation: u64) -> Result<GenWriter<'_>> {
         self.refresh();
@@ -423,6 +430,7 @@ impl Pool {
         let refs = targets.iter().map(|&h| self.target_ref(h)).collect();
         let n = targets.len();
         let chunk_size = self.cfg.chunk_size;
+        let budget = targets.iter().map(|&h| self.free_of(h)).collect();
         Ok(GenWriter {
             pool: self,
             generation,
@@ -430,6 +438,8 @@ impl Pool {
             code,
             k,
             m,
+            lanes: (0..n).collect(),
+            budget,
             targets,
             refs,
             failed: vec![None; n],
@@ -1226,6 +1236,13 @@ pub struct GenWriter<'p> {
     code: Code,
     k: usize,
     m: usize,
+    /// Target (index into `targets`/`refs`) of each of the `width` lanes; stripe `s` puts shard
+    /// `j` on lane `(s + j) % width`. A lane whose target fails moves to a spare.
+    lanes: Vec<usize>,
+    /// Bytes each target can still take (its free memory when the write started), so a full
+    /// server's lane moves to a spare before the server has to refuse.
+    budget: Vec<u64>,
+    /// Every target this generation used, in manifest order.
     targets: Vec<Handle>,
     refs: Vec<TargetRef>,
     failed: Vec<Option<String>>,
@@ -1295,18 +1312,58 @@ impl GenWriter<'_> {
         Ok(())
     }
 
+    /// Records that target `t` failed: shards it did not store become lost, and the lanes that
+    /// used it move to a spare server when one is free, so the rest of the write goes there.
     fn fail_target(&mut self, t: usize, e: &BackendError) {
         if self.failed[t].is_none() {
             tracing::warn!(generation = self.generation, target = %self.pool.name_of(self.targets[t]), error = %e, "target failed during the write");
             self.failed[t] = Some(e.to_string());
         }
-        self.pool.note_error(self.targets[t], e);
-        // A pipelined failure may concern any earlier shard on this target: count them all lost.
-        for st in &mut self.stripes {
-            for l in st.iter_mut() {
-                if l.target == t as u16 {
+        let h = self.targets[t];
+        let refused: Option<Vec<(u64, u64)>> = if e.is_down() {
+            None
+        } else {
+            // Still connected: collect exactly which puts were refused; the others are stored.
+            self.pool.backend(h).map(|b| {
+                let _ = b.sync();
+                b.take_failed_puts()
+            })
+        };
+        self.pool.note_error(h, e);
+        for (s, st) in self.stripes.iter_mut().enumerate() {
+            for (j, l) in st.iter_mut().enumerate() {
+                let lost = match &refused {
+                    None => true,
+                    Some(keys) => keys.contains(&(self.generation, shard_key(s, j))),
+                };
+                if l.target == t as u16 && lost {
                     l.target = LOST;
                 }
+            }
+        }
+        let mut in_use: Vec<Handle> = self.lanes.iter().map(|&x| self.targets[x]).collect();
+        for lane in 0..self.lanes.len() {
+            if self.lanes[lane] != t {
+                continue;
+            }
+            let spare = self
+                .pool
+                .usable_servers()
+                .into_iter()
+                .map(Handle::Server)
+                .find(|h| !in_use.contains(h) && !self.targets.contains(h));
+            let spare = spare.or_else(|| {
+                (self.pool.disk.is_some() && !in_use.contains(&Handle::Disk))
+                    .then_some(Handle::Disk)
+            });
+            if let Some(sp) = spare {
+                tracing::info!(generation = self.generation, from = %self.pool.name_of(h), to = %self.pool.name_of(sp), "continuing the write on a spare");
+                self.targets.push(sp);
+                self.refs.push(self.pool.target_ref(sp));
+                self.failed.push(None);
+                self.budget.push(self.pool.free_of(sp));
+                self.lanes[lane] = self.targets.len() - 1;
+                in_use.push(sp);
             }
         }
     }
@@ -1319,7 +1376,7 @@ impl GenWriter<'_> {
             .collect();
         let len = erasure::coded_len(refs.iter().map(|d| d.len()).max().unwrap_or(0));
         let red = erasure::encode(self.code, &refs, self.m, len)?;
-        let width = self.targets.len();
+        let width = self.lanes.len();
         let mut locs = Vec::with_capacity(self.k + self.m);
         for j in 0..self.k + self.m {
             let shard: &[u8] = if j < self.k {
@@ -1335,14 +1392,31 @@ impl GenWriter<'_> {
                 });
                 continue;
             }
-            let t = (s + j) % width;
+            let lane = (s + j) % width;
             let mut loc = ShardLoc {
                 target: LOST,
                 len: shard.len() as u32,
                 crc: crc32c::crc32c(shard),
             };
-            if self.failed[t].is_none() {
+            // A failed target's lane may move to a spare; try the lane's current target until one
+            // takes the shard or no spare is left.
+            for _ in 0..=self.pool.slots.len() + 1 {
+                let t = self.lanes[lane];
+                if self.failed[t].is_some() {
+                    break;
+                }
                 let h = self.targets[t];
+                // Servers store whole 16 KiB slots.
+                let need = (shard.len() as u64).div_ceil(16 << 10).max(1) * (16 << 10);
+                if self.budget[t] < need {
+                    let e = BackendError::NoSpace {
+                        target: self.pool.name_of(h),
+                        msg: "its free memory is used up by this generation".into(),
+                    };
+                    self.fail_target(t, &e);
+                    continue;
+                }
+                self.budget[t] -= need;
                 let r = match self.pool.backend(h) {
                     Some(b) => b.put(self.generation, shard_key(s, j), shard),
                     None => Err(BackendError::Down {
@@ -1351,7 +1425,10 @@ impl GenWriter<'_> {
                     }),
                 };
                 match r {
-                    Ok(()) => loc.target = t as u16,
+                    Ok(()) => {
+                        loc.target = t as u16;
+                        break;
+                    }
                     Err(e) => self.fail_target(t, &e),
                 }
             }
@@ -1477,6 +1554,18 @@ impl GenWriter<'_> {
                 tracing::warn!(generation = self.generation, error = %e, "rebuild after a degraded commit failed");
             }
         }
+        // A target that started revoking during the write holds shards that must move before its
+        // deadline: do it now rather than wait for the next maintenance pass.
+        for &h in &self.targets {
+            if let Handle::Server(i) = h
+                && self.pool.slots[i].conn.is_some()
+                && self.pool.revoking(i)
+                && !self.pool.slots[i].evacuated
+                && let Err(e) = self.pool.evacuate(i)
+            {
+                tracing::warn!(server = %self.pool.slots[i].addr, error = %e, "evacuation after commit failed");
+            }
+        }
         Ok(info)
     }
 
@@ -1532,12 +1621,17 @@ impl GenReader<'_> {
         self.man.bytes()
     }
 
-    /// Address runs stored in this generation, in address order: (addr, len).
+    /// Address runs stored in this generation, in address order, adjacent ones merged.
     pub fn ranges(&self) -> Vec<(u64, u64)> {
-        self.by_addr
-            .iter()
-            .map(|&i| (self.man.extents[i].addr, self.man.extents[i].len as u64))
-            .collect()
+        let mut v: Vec<(u64, u64)> = Vec::new();
+        for &i in &self.by_addr {
+            let e = self.man.extents[i];
+            match v.last_mut() {
+                Some((a, l)) if *a + *l == e.addr => *l += e.len as u64,
+                _ => v.push((e.addr, e.len as u64)),
+            }
+        }
+        v
     }
 
     fn stripes(&mut self, range: std::ops::Range<usize>) -> Vec<Result<Vec<Vec<u8>>>> {
