@@ -63,6 +63,17 @@ pub trait Backend: std::fmt::Debug + Send {
         Vec::new()
     }
 
+    /// Number of puts sent so far (a put's sequence number is this value right after it).
+    fn puts_sent(&self) -> u64 {
+        0
+    }
+
+    /// Puts up to this sequence number are acknowledged as stored. Backends whose `put` is
+    /// synchronous never have unacknowledged puts.
+    fn puts_acked(&self) -> u64 {
+        u64::MAX
+    }
+
     /// One read, not pipelined.
     fn get(&mut self, generation: u64, key: u64) -> BResult<Vec<u8>> {
         self.send_get(generation, key)?;

@@ -61,6 +61,8 @@ pub struct Conn {
     put_error: Option<BackendError>,
     /// Objects whose pipelined put was refused (the others were stored).
     failed_puts: Vec<(u64, u64)>,
+    puts_sent: u64,
+    puts_acked: u64,
     /// Sticky: once the connection is broken every call fails with this.
     dead: Option<BackendError>,
     pub instance: InstanceId,
@@ -107,6 +109,8 @@ impl Conn {
             gets_done: VecDeque::new(),
             put_error: None,
             failed_puts: Vec::new(),
+            puts_sent: 0,
+            puts_acked: 0,
             dead: None,
             instance: [0; 16],
             capacity: 0,
@@ -168,8 +172,9 @@ impl Conn {
         self.instance = ch.instance;
         self.capacity = ch.capacity;
         self.free_at_connect = ch.free;
-        // Stay well inside what the server accepts; replies to puts are small.
-        self.window = u64::from(ch.window).clamp(1 << 20, 64 << 20);
+        // Stay inside what the server accepts; 16 MiB also bounds what a writer keeps in memory
+        // for unacknowledged shards on this connection.
+        self.window = u64::from(ch.window).clamp(1 << 20, 16 << 20);
         Ok(())
     }
 
@@ -277,8 +282,9 @@ impl Conn {
         }
         self.outstanding -= p.bytes;
         match (p.kind, f.op) {
-            (Kind::Put, Op::Ok) => {}
+            (Kind::Put, Op::Ok) => self.puts_acked += 1,
             (Kind::Put, Op::Error) => {
+                self.puts_acked += 1;
                 let e = self.server_error(&f.payload);
                 self.put_error.get_or_insert(e.clone());
                 self.failed_puts.push(p.obj);
@@ -369,8 +375,23 @@ impl Backend for Conn {
         if let Some(e) = &self.put_error {
             return Err(e.clone());
         }
-        self.send(Op::Put, Kind::Put, (generation, key), &[&h, data])
-            .map(|_| ())
+        self.send(Op::Put, Kind::Put, (generation, key), &[&h, data])?;
+        self.puts_sent += 1;
+        Ok(())
+    }
+
+    fn puts_sent(&self) -> u64 {
+        self.puts_sent
+    }
+
+    fn puts_acked(&self) -> u64 {
+        // While a refusal is unreported, nothing counts as acknowledged: the refused shard must
+        // still be at hand when the writer learns about it.
+        if self.failed_puts.is_empty() {
+            self.puts_acked
+        } else {
+            0
+        }
     }
 
     fn take_failed_puts(&mut self) -> Vec<(u64, u64)> {

@@ -10,7 +10,7 @@
 //! older generations only after commit, so a crash at any instant leaves the last committed
 //! generation readable.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -440,6 +440,8 @@ impl Pool {
             m,
             lanes: (0..n).collect(),
             budget,
+            unacked: vec![VecDeque::new(); n],
+            dirty: vec![false; n],
             targets,
             refs,
             failed: vec![None; n],
@@ -714,9 +716,13 @@ impl Pool {
         let list = list.inspect_err(|e| self.note_error(Handle::Server(i), e))?;
         let mut moved = 0;
         let mut first_err = None;
-        for e in list.iter().filter(|e| e.committed) {
+        // Every generation with objects here, committed here or not: a server that started
+        // revoking during a write refused that generation's commit but holds its early shards.
+        for e in &list {
             match self.relocate(e.generation, Some(i)) {
                 Ok(n) => moved += n,
+                // Committed nowhere: an abandoned write, nothing to keep.
+                Err(PoolError::NotFound(_)) => {}
                 Err(err) => {
                     tracing::error!(server = %self.slots[i].addr, generation = e.generation, error = %err, "cannot move data off a revoking server");
                     first_err.get_or_insert(err);
@@ -1242,6 +1248,10 @@ pub struct GenWriter<'p> {
     /// Bytes each target can still take (its free memory when the write started), so a full
     /// server's lane moves to a spare before the server has to refuse.
     budget: Vec<u64>,
+    /// Per target: shards sent but not yet acknowledged, as (put sequence, stripe, shard, bytes).
+    unacked: Vec<VecDeque<(u64, usize, usize, Vec<u8>)>>,
+    /// Per target: puts sent since the last successful sync.
+    dirty: Vec<bool>,
     /// Every target this generation used, in manifest order.
     targets: Vec<Handle>,
     refs: Vec<TargetRef>,
@@ -1313,34 +1323,48 @@ impl GenWriter<'_> {
     }
 
     /// Records that target `t` failed: shards it did not store become lost, and the lanes that
-    /// used it move to a spare server when one is free, so the rest of the write goes there.
-    fn fail_target(&mut self, t: usize, e: &BackendError) {
+    /// used it move to a spare when one is free, so the rest of the write goes there. Returns the
+    /// unacknowledged shards that must be placed again.
+    fn fail_target(&mut self, t: usize, e: &BackendError) -> Vec<(usize, usize, Vec<u8>)> {
         if self.failed[t].is_none() {
             tracing::warn!(generation = self.generation, target = %self.pool.name_of(self.targets[t]), error = %e, "target failed during the write");
             self.failed[t] = Some(e.to_string());
         }
         let h = self.targets[t];
+        // Still connected (no space, revoked): learn exactly which puts were refused; the
+        // others are stored. Down: everything on it is gone.
         let refused: Option<Vec<(u64, u64)>> = if e.is_down() {
             None
         } else {
-            // Still connected: collect exactly which puts were refused; the others are stored.
-            self.pool.backend(h).map(|b| {
-                let _ = b.sync();
-                b.take_failed_puts()
-            })
+            match self
+                .pool
+                .backend(h)
+                .map(|b| (b.sync(), b.take_failed_puts()))
+            {
+                Some((Err(e2), _)) if e2.is_down() => None,
+                Some((_, keys)) => Some(keys),
+                None => None,
+            }
         };
         self.pool.note_error(h, e);
+        let generation = self.generation;
+        let is_lost = |s: usize, j: usize| match &refused {
+            None => true,
+            Some(keys) => keys.contains(&(generation, shard_key(s, j))),
+        };
         for (s, st) in self.stripes.iter_mut().enumerate() {
             for (j, l) in st.iter_mut().enumerate() {
-                let lost = match &refused {
-                    None => true,
-                    Some(keys) => keys.contains(&(self.generation, shard_key(s, j))),
-                };
-                if l.target == t as u16 && lost {
+                if l.target == t as u16 && is_lost(s, j) {
                     l.target = LOST;
                 }
             }
         }
+        tracing::debug!(?refused, unacked = ?self.unacked[t].iter().map(|x| (x.0, x.1, x.2)).collect::<Vec<_>>(), "fail_target");
+        let requeue: Vec<(usize, usize, Vec<u8>)> = std::mem::take(&mut self.unacked[t])
+            .into_iter()
+            .filter(|(_, s, j, _)| is_lost(*s, *j))
+            .map(|(_, s, j, d)| (s, j, d))
+            .collect();
         let mut in_use: Vec<Handle> = self.lanes.iter().map(|&x| self.targets[x]).collect();
         for lane in 0..self.lanes.len() {
             if self.lanes[lane] != t {
@@ -1362,79 +1386,102 @@ impl GenWriter<'_> {
                 self.refs.push(self.pool.target_ref(sp));
                 self.failed.push(None);
                 self.budget.push(self.pool.free_of(sp));
+                self.unacked.push(VecDeque::new());
+                self.dirty.push(false);
                 self.lanes[lane] = self.targets.len() - 1;
                 in_use.push(sp);
             }
+        }
+        requeue
+    }
+
+    /// Sends shard `j` of stripe `s` to its lane's target, moving on to spares when targets fail.
+    /// The shard is kept until the target acknowledges it, so a refusal can be retried elsewhere.
+    fn place(&mut self, s: usize, j: usize, shard: Vec<u8>) {
+        let lane = (s + j) % self.lanes.len();
+        let mut requeue = Vec::new();
+        // Each failure retires a target for good, so this ends.
+        for _ in 0..=self.targets.len() + self.pool.slots.len() + 1 {
+            let t = self.lanes[lane];
+            if self.failed[t].is_some() {
+                break;
+            }
+            let h = self.targets[t];
+            // Servers store whole 16 KiB slots.
+            let need = (shard.len() as u64).div_ceil(16 << 10).max(1) * (16 << 10);
+            if self.budget[t] < need {
+                let e = BackendError::NoSpace {
+                    target: self.pool.name_of(h),
+                    msg: "its free memory is used up by this generation".into(),
+                };
+                requeue.extend(self.fail_target(t, &e));
+                continue;
+            }
+            let r = match self.pool.backend(h) {
+                Some(b) => b
+                    .put(self.generation, shard_key(s, j), &shard)
+                    .map(|()| (b.puts_sent(), b.puts_acked())),
+                None => Err(BackendError::Down {
+                    target: self.pool.name_of(h),
+                    msg: "not connected".into(),
+                }),
+            };
+            match r {
+                Ok((sent, acked)) => {
+                    self.budget[t] -= need;
+                    self.stripes[s][j].target = t as u16;
+                    self.dirty[t] = true;
+                    let q = &mut self.unacked[t];
+                    while q.front().is_some_and(|x| x.0 <= acked) {
+                        q.pop_front();
+                    }
+                    if sent > acked {
+                        q.push_back((sent, s, j, shard));
+                    }
+                    break;
+                }
+                Err(e) => requeue.extend(self.fail_target(t, &e)),
+            }
+        }
+        for (s2, j2, d2) in requeue {
+            self.place(s2, j2, d2);
         }
     }
 
     fn write_stripe(&mut self) -> Result<()> {
         let s = self.stripes.len();
         let data = std::mem::take(&mut self.pending);
-        let refs: Vec<&[u8]> = (0..self.k)
-            .map(|j| data.get(j).map_or(&[][..], |d| d.as_slice()))
-            .collect();
-        let len = erasure::coded_len(refs.iter().map(|d| d.len()).max().unwrap_or(0));
-        let red = erasure::encode(self.code, &refs, self.m, len)?;
-        let width = self.lanes.len();
-        let mut locs = Vec::with_capacity(self.k + self.m);
-        for j in 0..self.k + self.m {
-            let shard: &[u8] = if j < self.k {
-                refs[j]
-            } else {
-                &red[j - self.k]
-            };
-            if j < self.k && j >= data.len() {
-                locs.push(ShardLoc {
+        let red = {
+            let refs: Vec<&[u8]> = (0..self.k)
+                .map(|j| data.get(j).map_or(&[][..], |d| d.as_slice()))
+                .collect();
+            let len = erasure::coded_len(refs.iter().map(|d| d.len()).max().unwrap_or(0));
+            erasure::encode(self.code, &refs, self.m, len)?
+        };
+        let mut shards: Vec<Option<Vec<u8>>> = data.into_iter().map(Some).collect();
+        shards.resize(self.k, None);
+        shards.extend(red.into_iter().map(Some));
+        let locs = shards
+            .iter()
+            .map(|x| match x {
+                Some(d) => ShardLoc {
+                    target: LOST,
+                    len: d.len() as u32,
+                    crc: crc32c::crc32c(d),
+                },
+                None => ShardLoc {
                     target: LOST,
                     len: 0,
                     crc: 0,
-                });
-                continue;
-            }
-            let lane = (s + j) % width;
-            let mut loc = ShardLoc {
-                target: LOST,
-                len: shard.len() as u32,
-                crc: crc32c::crc32c(shard),
-            };
-            // A failed target's lane may move to a spare; try the lane's current target until one
-            // takes the shard or no spare is left.
-            for _ in 0..=self.pool.slots.len() + 1 {
-                let t = self.lanes[lane];
-                if self.failed[t].is_some() {
-                    break;
-                }
-                let h = self.targets[t];
-                // Servers store whole 16 KiB slots.
-                let need = (shard.len() as u64).div_ceil(16 << 10).max(1) * (16 << 10);
-                if self.budget[t] < need {
-                    let e = BackendError::NoSpace {
-                        target: self.pool.name_of(h),
-                        msg: "its free memory is used up by this generation".into(),
-                    };
-                    self.fail_target(t, &e);
-                    continue;
-                }
-                self.budget[t] -= need;
-                let r = match self.pool.backend(h) {
-                    Some(b) => b.put(self.generation, shard_key(s, j), shard),
-                    None => Err(BackendError::Down {
-                        target: self.pool.name_of(h),
-                        msg: "not connected".into(),
-                    }),
-                };
-                match r {
-                    Ok(()) => {
-                        loc.target = t as u16;
-                        break;
-                    }
-                    Err(e) => self.fail_target(t, &e),
-                }
-            }
-            locs.push(loc);
-        }
+                },
+            })
+            .collect();
         self.stripes.push(locs);
+        for (j, sh) in shards.into_iter().enumerate() {
+            if let Some(d) = sh {
+                self.place(s, j, d);
+            }
+        }
         Ok(())
     }
 
@@ -1448,21 +1495,37 @@ impl GenWriter<'_> {
         if !self.pending.is_empty() {
             self.write_stripe()?;
         }
-        for t in 0..self.targets.len() {
-            if self.failed[t].is_some() {
-                continue;
-            }
-            let r = self.pool.backend(self.targets[t]).map(|b| b.sync());
-            match r {
-                Some(Ok(())) => {}
-                Some(Err(e)) => self.fail_target(t, &e),
-                None => {
-                    let e = BackendError::Down {
-                        target: self.pool.name_of(self.targets[t]),
-                        msg: "not connected".into(),
-                    };
-                    self.fail_target(t, &e);
+        // Wait for every acknowledgement; a target failing now has its unacknowledged shards
+        // placed again elsewhere, which makes that target need a sync in turn.
+        loop {
+            let mut again = false;
+            for t in 0..self.targets.len() {
+                if self.failed[t].is_some() || !self.dirty[t] {
+                    continue;
                 }
+                let h = self.targets[t];
+                let r = match self.pool.backend(h) {
+                    Some(b) => b.sync(),
+                    None => Err(BackendError::Down {
+                        target: self.pool.name_of(h),
+                        msg: "not connected".into(),
+                    }),
+                };
+                match r {
+                    Ok(()) => {
+                        self.dirty[t] = false;
+                        self.unacked[t].clear();
+                    }
+                    Err(e) => {
+                        for (s, j, d) in self.fail_target(t, &e) {
+                            self.place(s, j, d);
+                        }
+                        again = true;
+                    }
+                }
+            }
+            if !again {
+                break;
             }
         }
         let mut degraded = false;

@@ -46,6 +46,11 @@ enum Cmd {
         #[arg(long)]
         admin_socket: PathBuf,
     },
+    /// Print the lending state (lending, revoking(REASON), revoked(REASON)).
+    State {
+        #[arg(long)]
+        admin_socket: PathBuf,
+    },
     /// Print the server's statistics (Prometheus text).
     Stats {
         #[arg(long)]
@@ -131,6 +136,7 @@ fn main() -> ExitCode {
             deadline,
         } => admin(&admin_socket, format!("revoke {}ms", deadline.as_millis())),
         Cmd::Resume { admin_socket } => admin(&admin_socket, "resume".into()),
+        Cmd::State { admin_socket } => admin(&admin_socket, "state".into()),
         Cmd::Stats { admin_socket } => admin(&admin_socket, "stats".into()),
         Cmd::Shutdown {
             admin_socket,

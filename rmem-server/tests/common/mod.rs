@@ -326,3 +326,14 @@ pub fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+pub mod proxy;
+
+/// Client-side logs on stderr when `RMEM_TEST_LOG` is set (e.g. `RMEM_TEST_LOG=debug`).
+pub fn init_log() {
+    if let Ok(f) = std::env::var("RMEM_TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(f))
+            .with_test_writer()
+            .try_init();
+    }
+}
