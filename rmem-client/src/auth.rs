@@ -131,7 +131,7 @@ pub fn random_bytes(buf: &mut [u8]) -> Result<(), AuthError> {
 }
 
 pub fn decode_hex(t: &[u8]) -> Option<Vec<u8>> {
-    if t.len() % 2 != 0 {
+    if !t.len().is_multiple_of(2) {
         return None;
     }
     t.chunks(2)

@@ -953,11 +953,11 @@ impl Pool {
             }
         };
         let real = |j: usize| Self::real_shard(man, s, j);
-        for j in 0..k {
+        for (j, slot) in shards.iter_mut().enumerate().take(k) {
             if !real(j) {
-                shards[j] = Some(Vec::new());
+                *slot = Some(Vec::new());
             } else if !exclude.contains(&j) {
-                shards[j] = fetch(self, j, &mut why);
+                *slot = fetch(self, j, &mut why);
             }
         }
         let lens: Vec<usize> = (0..k)
@@ -971,9 +971,9 @@ impl Pool {
             .collect();
         let missing = (0..k).any(|j| shards[j].is_none());
         if missing || all {
-            for j in k..k + m {
+            for (j, slot) in shards.iter_mut().enumerate().skip(k) {
                 if !exclude.contains(&j) {
-                    shards[j] = fetch(self, j, &mut why);
+                    *slot = fetch(self, j, &mut why);
                 }
             }
         }
@@ -1164,17 +1164,17 @@ impl Pool {
         out.targets = vec![TargetRef::Disk];
         for s in 0..man.stripes.len() {
             let shards = self.stripe_shards(&man, disk_as, s, &[], false)?;
-            for j in 0..man.stripes[s].len() {
+            for (j, shard) in shards.iter().enumerate() {
                 if j < k && Self::real_shard(&man, s, j) {
                     let f = self
                         .flushed
                         .as_mut()
                         .ok_or_else(|| PoolError::Config("no local_dir".into()))?;
-                    f.put(generation, shard_key(s, j), &shards[j])?;
+                    f.put(generation, shard_key(s, j), shard)?;
                     out.stripes[s][j] = ShardLoc {
                         target: 0,
-                        len: shards[j].len() as u32,
-                        crc: crc32c::crc32c(&shards[j]),
+                        len: shard.len() as u32,
+                        crc: crc32c::crc32c(shard),
                     };
                 } else {
                     out.stripes[s][j] = ShardLoc {
@@ -1232,6 +1232,9 @@ fn describe(t: &TargetRef) -> String {
     }
 }
 
+/// A shard sent but not yet acknowledged: (put sequence number, stripe, shard index, bytes).
+type Unacked = (u64, usize, usize, Vec<u8>);
+
 /// Writes one generation. Data is chunked, sealed, striped and sent as it comes; nothing waits
 /// for a server's answer until [`GenWriter::commit`].
 #[derive(Debug)]
@@ -1249,7 +1252,7 @@ pub struct GenWriter<'p> {
     /// server's lane moves to a spare before the server has to refuse.
     budget: Vec<u64>,
     /// Per target: shards sent but not yet acknowledged, as (put sequence, stripe, shard, bytes).
-    unacked: Vec<VecDeque<(u64, usize, usize, Vec<u8>)>>,
+    unacked: Vec<VecDeque<Unacked>>,
     /// Per target: puts sent since the last successful sync.
     dirty: Vec<bool>,
     /// Every target this generation used, in manifest order.
@@ -1740,7 +1743,7 @@ impl GenReader<'_> {
                 let c = self
                     .stripes(stripe..stripe + 1)
                     .pop()
-                    .unwrap_or_else(|| Err(PoolError::NotFound(self.man.generation)))?;
+                    .unwrap_or(Err(PoolError::NotFound(self.man.generation)))?;
                 self.cache = Some((stripe, c));
             }
             let chunk = &self
@@ -1828,10 +1831,11 @@ pub fn spawn_maintainer(
                     for e in &rep.errors {
                         tracing::warn!(error = %e, "maintenance");
                     }
-                    if flush && p.flushed.is_some() {
-                        if let Err(e) = p.flush_committed() {
-                            tracing::warn!(error = %e, "flusher");
-                        }
+                    if flush
+                        && p.flushed.is_some()
+                        && let Err(e) = p.flush_committed()
+                    {
+                        tracing::warn!(error = %e, "flusher");
                     }
                 }
                 let until = Instant::now() + interval;

@@ -1,0 +1,234 @@
+//! Operations: stats endpoint, max clients, graceful shutdown, revocation by watermark and by
+//! CPU load, resume, migration to local disk, disk fallback below a capacity threshold, the
+//! background flusher and recovery from the disk copy.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use rmem_client::{Location, Pool, PoolError, spawn_maintainer};
+
+#[test]
+fn stats_endpoint_serves_prometheus_text() {
+    let s = Server::start_with("8M", KEY, &["--stats-listen", "127.0.0.1:0"], "127.0.0.1:0");
+    let mut pool = connect(std::slice::from_ref(&s), "none", true);
+    let runs = page_runs(40, 10);
+    write_gen(&mut pool, 1, &runs, b"").unwrap();
+    check_gen(&mut pool, 1, &runs, b"").unwrap();
+    let mut t = TcpStream::connect(s.stats.as_ref().expect("stats address")).unwrap();
+    t.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut body = String::new();
+    t.read_to_string(&mut body).unwrap();
+    assert!(body.starts_with("HTTP/1.0 200 OK"), "{body}");
+    let metric = |name: &str| -> u64 {
+        body.lines()
+            .find_map(|l| l.strip_prefix(&format!("rmem_{name} ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing"))
+    };
+    assert_eq!(metric("capacity_bytes"), 8 << 20);
+    assert!(metric("used_bytes") >= runs.iter().map(|r| r.1.len() as u64).sum::<u64>());
+    assert_eq!(metric("clients"), 1);
+    assert!(metric("bytes_in_total") > metric("used_bytes") / 2);
+    assert!(metric("bytes_out_total") > 0);
+    assert_eq!(metric("revocations_total"), 0);
+    assert_eq!(metric("state"), 0);
+}
+
+#[test]
+fn max_clients_refuses_extra_connections() {
+    let s = Server::start_with("8M", KEY, &["--max-clients", "1"], "127.0.0.1:0");
+    let _first = connect(std::slice::from_ref(&s), "none", true);
+    let err = Pool::connect(config(std::slice::from_ref(&s), "none", true))
+        .expect_err("second client over the limit");
+    assert!(err.to_string().contains("max-clients"), "{err}");
+}
+
+#[test]
+fn sigterm_revokes_then_exits_after_clients_moved_their_data() {
+    let mut a = Server::start_with("16M", KEY, &["--shutdown-deadline", "20s"], "127.0.0.1:0");
+    let b = Server::start("16M");
+    let srv_addrs = [a.addr.clone(), b.addr.clone()];
+    let mut cfg = config(std::slice::from_ref(&a), "none", true);
+    cfg.servers = srv_addrs.to_vec();
+    cfg.stripe_width = Some(1);
+    let mut pool = Pool::connect(cfg).unwrap();
+    let runs = page_runs(41, 20);
+    write_gen(&mut pool, 1, &runs, b"s").unwrap();
+    a.sigterm();
+    wait_until("shutdown revocation", || pool.health()[0].revoking);
+    let rep = pool.maintain();
+    assert_eq!(rep.evacuated_servers, 1, "{rep:?}");
+    assert!(rep.shards_moved > 0);
+    // All data released: the server leaves well before its 20 s deadline, cleanly.
+    assert_eq!(a.wait_exit(Duration::from_secs(15)), Some(0));
+    check_gen(&mut pool, 1, &runs, b"s").unwrap();
+}
+
+#[test]
+fn watermark_revokes_and_data_moves_to_local_disk() {
+    // A watermark no machine meets: the server revokes as soon as it samples memory.
+    let s = Server::start_with(
+        "16M",
+        KEY,
+        &[
+            "--min-free",
+            "1000T",
+            "--monitor-interval",
+            "300ms",
+            "--revoke-deadline",
+            "5s",
+            "--idle-grace",
+            "1h",
+        ],
+        "127.0.0.1:0",
+    );
+    let dir = TempDir::new("wm");
+    let mut cfg = config(std::slice::from_ref(&s), "none", true);
+    cfg.local_dir = Some(dir.path().to_path_buf());
+    let mut pool = Pool::connect(cfg).unwrap();
+    let runs = page_runs(42, 20);
+    // The write may land before or after the revocation starts; either way it must survive.
+    write_gen(&mut pool, 1, &runs, b"w").unwrap();
+    wait_until("watermark revocation", || {
+        s.admin("state").contains("watermark")
+    });
+    pool.maintain();
+    wait_until("memory released", || s.admin("state").contains("revoked("));
+    check_gen(&mut pool, 1, &runs, b"w").expect("data moved to local disk before the deadline");
+    assert!(s.metric("revocations_total") >= 1);
+    // The pool no longer writes to the revoked server: new generations go to disk.
+    let info = write_gen(&mut pool, 2, &runs, b"w2").unwrap();
+    assert_eq!(info.location, Location::Disk);
+}
+
+#[test]
+fn busy_cpu_revokes_after_grace_period() {
+    let s = Server::start_with(
+        "8M",
+        KEY,
+        &[
+            "--busy-threshold",
+            "0",
+            "--busy-grace",
+            "300ms",
+            "--monitor-interval",
+            "100ms",
+            "--revoke-deadline",
+            "1s",
+        ],
+        "127.0.0.1:0",
+    );
+    wait_until("busy revocation", || s.admin("state").contains("busy"));
+    wait_until("memory released", || {
+        s.admin("state").contains("revoked(busy)")
+    });
+    assert_eq!(s.metric("capacity_bytes"), 0);
+}
+
+#[test]
+fn admin_revoke_and_resume() {
+    let s = Server::start("8M");
+    let mut pool = connect(std::slice::from_ref(&s), "none", true);
+    s.admin("revoke --deadline 200ms");
+    wait_until("revoked", || s.admin("state").contains("revoked(admin)"));
+    assert_eq!(s.metric("capacity_bytes"), 0);
+    match write_gen(&mut pool, 1, &page_runs(43, 3), b"") {
+        Err(PoolError::Geometry(_) | PoolError::DataLoss { .. }) => {}
+        other => panic!("writes to a revoked server must fail: {other:?}"),
+    }
+    s.admin("resume");
+    assert!(s.admin("state").contains("lending"));
+    assert_eq!(s.metric("capacity_bytes"), 8 << 20);
+    pool.maintain();
+    let runs = page_runs(44, 5);
+    write_gen(&mut pool, 2, &runs, b"").unwrap();
+    check_gen(&mut pool, 2, &runs, b"").unwrap();
+}
+
+#[test]
+fn below_capacity_threshold_writes_go_to_disk_and_come_back() {
+    let srv = servers(2, "16M");
+    let dir = TempDir::new("fallback");
+    let mut cfg = config(&srv, "mirror:2", true);
+    cfg.local_dir = Some(dir.path().to_path_buf());
+    cfg.min_remote_free = 1 << 40;
+    let mut pool = Pool::connect(cfg.clone()).unwrap();
+    let runs = page_runs(45, 20);
+    assert_eq!(
+        write_gen(&mut pool, 1, &runs, b"d").unwrap().location,
+        Location::Disk
+    );
+    check_gen(&mut pool, 1, &runs, b"d").unwrap();
+    // Capacity is back (threshold met): the next generation is remote again.
+    drop(pool);
+    cfg.min_remote_free = 1 << 20;
+    let mut pool = Pool::connect(cfg).unwrap();
+    assert_eq!(
+        pool.latest_committed().map(|i| (i.generation, i.location)),
+        Some((1, Location::Disk))
+    );
+    assert_eq!(
+        write_gen(&mut pool, 2, &runs, b"r").unwrap().location,
+        Location::Remote
+    );
+    assert_eq!(
+        pool.latest_committed().map(|i| (i.generation, i.location)),
+        Some((2, Location::Remote))
+    );
+}
+
+#[test]
+fn flusher_copy_recovers_when_remote_memory_is_gone() {
+    let mut srv = servers(3, "16M");
+    let dir = TempDir::new("flush");
+    let mut cfg = config(&srv, "parity", true);
+    cfg.local_dir = Some(dir.path().to_path_buf());
+    let pool = Arc::new(Mutex::new(Pool::connect(cfg.clone()).unwrap()));
+    let runs = page_runs(46, 30);
+    write_gen(&mut pool.lock().unwrap(), 1, &runs, b"f").unwrap();
+    // The background maintainer flushes committed generations to disk.
+    let m = spawn_maintainer(pool.clone(), Duration::from_millis(50), true).unwrap();
+    let flushed = dir.path().join("flushed");
+    wait_until("generation flushed", || {
+        std::fs::read_dir(&flushed)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|p| p.path().join("g0000000000000001").join("MANIFEST").exists())
+    });
+    drop(m);
+    drop(pool);
+    for s in &mut srv {
+        s.kill9();
+    }
+    // Recovery after losing every server: remote first (gone), then the disk copy.
+    let mut pool = Pool::connect(cfg).unwrap();
+    let info = pool.latest_committed().expect("disk copy found");
+    assert_eq!((info.generation, info.location), (1, Location::Flushed));
+    check_gen(&mut pool, 1, &runs, b"f").unwrap();
+}
+
+#[test]
+fn rebuild_onto_spare_after_losing_a_server() {
+    let mut srv = servers(4, "16M");
+    let mut cfg = config(&srv, "parity", true);
+    cfg.stripe_width = Some(3);
+    let mut pool = Pool::connect(cfg).unwrap();
+    let runs = page_runs(47, 40);
+    write_gen(&mut pool, 1, &runs, b"rb").unwrap();
+    srv[1].kill9();
+    assert!(pool.info(1).unwrap().degraded || pool.read_generation(1).is_ok());
+    let rep = pool.maintain();
+    assert!(rep.shards_rebuilt > 0, "{rep:?}");
+    let info = pool.info(1).unwrap();
+    assert!(!info.degraded, "{info:?}");
+    assert!(info.manifest_version > 1);
+    // Now a second server may die and the generation still reads.
+    srv[0].kill9();
+    check_gen(&mut pool, 1, &runs, b"rb").unwrap();
+}
