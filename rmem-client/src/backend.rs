@@ -57,6 +57,19 @@ pub trait Backend: std::fmt::Debug + Send {
     fn free(&mut self, generation: u64) -> BResult<()>;
     fn status(&mut self) -> BResult<Status>;
 
+    /// `put` of data whose CRC32C the caller already knows (saves a pass over the data).
+    fn put_crc(&mut self, generation: u64, key: u64, data: &[u8], crc: u32) -> BResult<()> {
+        let _ = crc;
+        self.put(generation, key, data)
+    }
+
+    /// `recv_get` with the CRC32C of the data (from the frame when the transport has one).
+    fn recv_get_crc(&mut self) -> BResult<(Vec<u8>, u32)> {
+        let d = self.recv_get()?;
+        let c = crc32c::crc32c(&d);
+        Ok((d, c))
+    }
+
     /// Objects whose pipelined put was refused since the last call, as (generation, key); the
     /// backend stays usable and the other puts were stored.
     fn take_failed_puts(&mut self) -> Vec<(u64, u64)> {

@@ -56,7 +56,7 @@ pub struct Conn {
     outstanding: u64,
     window: u64,
     /// Results of pipelined gets that arrived while waiting for something else.
-    gets_done: VecDeque<BResult<Vec<u8>>>,
+    gets_done: VecDeque<BResult<(Vec<u8>, u32)>>,
     /// First failure among pipelined puts not yet reported by `sync`.
     put_error: Option<BackendError>,
     /// Objects whose pipelined put was refused (the others were stored).
@@ -248,6 +248,19 @@ impl Conn {
 
     /// Sends a request and remembers it as pending.
     fn send(&mut self, op: Op, kind: Kind, obj: (u64, u64), parts: &[&[u8]]) -> BResult<u64> {
+        self.send_crc(op, kind, obj, parts, None)
+    }
+
+    /// `send` with an optional precomputed payload checksum (puts of shards whose CRC the writer
+    /// already computed for the manifest: the bulk data is then checksummed once, not twice).
+    fn send_crc(
+        &mut self,
+        op: Op,
+        kind: Kind,
+        obj: (u64, u64),
+        parts: &[&[u8]],
+        crc: Option<u32>,
+    ) -> BResult<u64> {
         self.check()?;
         let bytes = (HEADER_LEN + parts.iter().map(|p| p.len()).sum::<usize>()) as u64;
         // Flow control: keep unanswered request bytes under the window.
@@ -256,7 +269,18 @@ impl Conn {
         }
         let req = self.next_req;
         self.next_req += 1;
-        self.write(op, req, parts)?;
+        match crc {
+            None => self.write(op, req, parts)?,
+            Some(crc) => {
+                let len = parts.iter().map(|p| p.len()).sum();
+                let h = proto::FrameHeader::with_crc(op, req, len, crc);
+                let mut r = self.w.write_all(&h.to_bytes());
+                for p in parts {
+                    r = r.and_then(|()| self.w.write_all(p));
+                }
+                r.map_err(|e| self.fail(format!("write: {e}")))?;
+            }
+        }
         self.pending.push_back(Pending {
             req,
             kind,
@@ -292,7 +316,7 @@ impl Conn {
                     return Err(e);
                 }
             }
-            (Kind::Get, Op::Data) => self.gets_done.push_back(Ok(f.payload)),
+            (Kind::Get, Op::Data) => self.gets_done.push_back(Ok((f.payload, f.crc))),
             (Kind::Get, Op::Error) => {
                 let e = self.server_error(&f.payload);
                 if e.is_down() {
@@ -367,6 +391,10 @@ impl Backend for Conn {
     }
 
     fn put(&mut self, generation: u64, key: u64, data: &[u8]) -> BResult<()> {
+        self.put_crc(generation, key, data, crc32c::crc32c(data))
+    }
+
+    fn put_crc(&mut self, generation: u64, key: u64, data: &[u8], crc: u32) -> BResult<()> {
         let mut h = [0u8; 16];
         h[..8].copy_from_slice(&generation.to_le_bytes());
         h[8..].copy_from_slice(&key.to_le_bytes());
@@ -375,9 +403,20 @@ impl Backend for Conn {
         if let Some(e) = &self.put_error {
             return Err(e.clone());
         }
-        self.send(Op::Put, Kind::Put, (generation, key), &[&h, data])?;
+        let frame_crc = crc32c::crc32c_combine(crc32c::crc32c(&h), crc, data.len());
+        self.send_crc(
+            Op::Put,
+            Kind::Put,
+            (generation, key),
+            &[&h, data],
+            Some(frame_crc),
+        )?;
         self.puts_sent += 1;
         Ok(())
+    }
+
+    fn take_failed_puts(&mut self) -> Vec<(u64, u64)> {
+        std::mem::take(&mut self.failed_puts)
     }
 
     fn puts_sent(&self) -> u64 {
@@ -392,10 +431,6 @@ impl Backend for Conn {
         } else {
             0
         }
-    }
-
-    fn take_failed_puts(&mut self) -> Vec<(u64, u64)> {
-        std::mem::take(&mut self.failed_puts)
     }
 
     fn sync(&mut self) -> BResult<()> {
@@ -417,6 +452,10 @@ impl Backend for Conn {
     }
 
     fn recv_get(&mut self) -> BResult<Vec<u8>> {
+        self.recv_get_crc().map(|(d, _)| d)
+    }
+
+    fn recv_get_crc(&mut self) -> BResult<(Vec<u8>, u32)> {
         loop {
             if let Some(r) = self.gets_done.pop_front() {
                 return r;

@@ -442,6 +442,7 @@ impl Pool {
             budget,
             unacked: vec![VecDeque::new(); n],
             dirty: vec![false; n],
+            free_bufs: Vec::new(),
             targets,
             refs,
             failed: vec![None; n],
@@ -1035,13 +1036,13 @@ impl Pool {
         }
         for (h, s, j) in order {
             let r = match self.backend(h) {
-                Some(b) => b.recv_get(),
+                Some(b) => b.recv_get_crc(),
                 None => continue,
             };
             match r {
-                Ok(b) => {
+                Ok((b, crc)) => {
                     let l = man.stripes[s][j];
-                    if b.len() == l.len as usize && crc32c::crc32c(&b) == l.crc {
+                    if b.len() == l.len as usize && crc == l.crc {
                         got.insert((s, j), b);
                     } else {
                         tracing::warn!(source = %self.name_of(h), stripe = s, shard = j, "shard failed its checksum");
@@ -1253,6 +1254,8 @@ pub struct GenWriter<'p> {
     budget: Vec<u64>,
     /// Per target: shards sent but not yet acknowledged, as (put sequence, stripe, shard, bytes).
     unacked: Vec<VecDeque<Unacked>>,
+    /// Shard buffers ready for reuse.
+    free_bufs: Vec<Vec<u8>>,
     /// Per target: puts sent since the last successful sync.
     dirty: Vec<bool>,
     /// Every target this generation used, in manifest order.
@@ -1312,7 +1315,11 @@ impl GenWriter<'_> {
 
     fn seal_chunk(&mut self) -> Result<()> {
         let idx = self.nchunks as u32;
-        let mut buf = std::mem::replace(&mut self.chunk, Vec::with_capacity(self.chunk_size + 16));
+        let next = self
+            .free_bufs
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(self.chunk_size + 16));
+        let mut buf = std::mem::replace(&mut self.chunk, next);
         self.chunk_lens.push(buf.len() as u32);
         self.pool
             .sealer
@@ -1400,6 +1407,15 @@ impl GenWriter<'_> {
 
     /// Sends shard `j` of stripe `s` to its lane's target, moving on to spares when targets fail.
     /// The shard is kept until the target acknowledges it, so a refusal can be retried elsewhere.
+    /// Keeps acknowledged shard buffers for the next chunks: fresh megabyte allocations would
+    /// cost page faults and zeroing on every chunk.
+    fn recycle(&mut self, mut b: Vec<u8>) {
+        if self.free_bufs.len() < 32 && b.capacity() >= self.chunk_size {
+            b.clear();
+            self.free_bufs.push(b);
+        }
+    }
+
     fn place(&mut self, s: usize, j: usize, shard: Vec<u8>) {
         let lane = (s + j) % self.lanes.len();
         let mut requeue = Vec::new();
@@ -1420,9 +1436,10 @@ impl GenWriter<'_> {
                 requeue.extend(self.fail_target(t, &e));
                 continue;
             }
+            let crc = self.stripes[s][j].crc;
             let r = match self.pool.backend(h) {
                 Some(b) => b
-                    .put(self.generation, shard_key(s, j), &shard)
+                    .put_crc(self.generation, shard_key(s, j), &shard, crc)
                     .map(|()| (b.puts_sent(), b.puts_acked())),
                 None => Err(BackendError::Down {
                     target: self.pool.name_of(h),
@@ -1434,12 +1451,15 @@ impl GenWriter<'_> {
                     self.budget[t] -= need;
                     self.stripes[s][j].target = t as u16;
                     self.dirty[t] = true;
-                    let q = &mut self.unacked[t];
-                    while q.front().is_some_and(|x| x.0 <= acked) {
-                        q.pop_front();
+                    while self.unacked[t].front().is_some_and(|x| x.0 <= acked) {
+                        if let Some((_, _, _, b)) = self.unacked[t].pop_front() {
+                            self.recycle(b);
+                        }
                     }
                     if sent > acked {
-                        q.push_back((sent, s, j, shard));
+                        self.unacked[t].push_back((sent, s, j, shard));
+                    } else {
+                        self.recycle(shard);
                     }
                     break;
                 }

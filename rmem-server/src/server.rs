@@ -299,7 +299,7 @@ impl Shared {
         m("pools", "Client pools holding data.", "gauge", pools as u64);
         m(
             "clients",
-            "Authenticated connections now.",
+            "Client connections now (authenticated or in handshake).",
             "gauge",
             c.clients.load(Ordering::Relaxed),
         );
@@ -432,16 +432,36 @@ fn handle(sh: Arc<Shared>, stream: TcpStream, peer: &str) {
         }
     };
     let mut reader = BufReader::with_capacity(256 << 10, stream);
+    // Reserve a client slot before the handshake so that concurrent connections cannot all pass
+    // the --max-clients check.
+    if sh.counters.clients.fetch_add(1, Ordering::SeqCst) as usize >= sh.cfg.max_clients {
+        sh.counters.clients.fetch_sub(1, Ordering::SeqCst);
+        tracing::warn!(
+            peer,
+            max = sh.cfg.max_clients,
+            "refusing connection: too many clients"
+        );
+        let msg = "server has --max-clients connections already";
+        let _ = send(
+            &writer,
+            Op::Error,
+            0,
+            &proto::encode_error(ErrorCode::TooManyClients, msg),
+            &sh.counters,
+        );
+        let _ = lock(&writer).shutdown(Shutdown::Both);
+        return;
+    }
     let pool = match handshake(&sh, &mut reader, &writer, peer) {
         Some(p) => p,
         None => {
+            sh.counters.clients.fetch_sub(1, Ordering::SeqCst);
             let _ = lock(&writer).shutdown(Shutdown::Both);
             return;
         }
     };
     let id = sh.next_conn.fetch_add(1, Ordering::Relaxed);
     lock(&sh.conns).insert(id, writer.clone());
-    sh.counters.clients.fetch_add(1, Ordering::Relaxed);
     tracing::info!(peer, pool = %rmem_client::auth::encode_hex(&pool), "client authenticated");
     if let LendState::Revoking { deadline_ms } = sh.lend_state() {
         let _ = send(
@@ -494,24 +514,6 @@ fn handshake(
 ) -> Option<PoolId> {
     let c = &sh.counters;
     let _ = r.get_ref().set_read_timeout(Some(HANDSHAKE_TIMEOUT));
-    if sh.counters.clients.load(Ordering::Relaxed) as usize >= sh.cfg.max_clients {
-        tracing::warn!(
-            peer,
-            max = sh.cfg.max_clients,
-            "refusing connection: too many clients"
-        );
-        let _ = send(
-            w,
-            Op::Error,
-            0,
-            &proto::encode_error(
-                ErrorCode::TooManyClients,
-                "server has --max-clients connections already",
-            ),
-            c,
-        );
-        return None;
-    }
     let fail = |code, msg: &str| {
         let _ = send(w, Op::Error, 0, &proto::encode_error(code, msg), c);
     };
@@ -619,15 +621,21 @@ fn request_loop(
     pool: &PoolId,
 ) -> Result<(), ConnEnd> {
     let c = &sh.counters;
+    // Per-connection buffers, reused for every frame.
+    let mut inbuf: Vec<u8> = Vec::new();
+    let mut outbuf: Vec<u8> = Vec::new();
     loop {
-        let f = match proto::read_frame(r) {
-            Ok(f) => f,
+        let (op, req, len) = match proto::read_frame_into(r, &mut inbuf) {
+            Ok(x) => x,
             Err(ProtoError::Closed) => return Ok(()),
             Err(e) => return Err(classify(e)),
         };
+        let f = FrameRef {
+            op,
+            payload: &inbuf[..len],
+        };
         c.bytes_in
-            .fetch_add((HEADER_LEN + f.payload.len()) as u64, Ordering::Relaxed);
-        let req = f.req_id;
+            .fetch_add((HEADER_LEN + len) as u64, Ordering::Relaxed);
         let reply =
             |op: Op, p: &[u8]| send(w, op, req, p, c).map_err(|e| ConnEnd::Io(e.to_string()));
         let err = |code: ErrorCode, msg: &str| {
@@ -672,10 +680,10 @@ fn request_loop(
                     cur.u64().map_err(ConnEnd::Bad)?,
                 );
                 cur.finish().map_err(ConnEnd::Bad)?;
-                let got = lock(&sh.store).get(pool, generation, key);
+                let got = lock(&sh.store).get_into(pool, generation, key, &mut outbuf);
                 match got {
-                    Some(d) => reply(Op::Data, &d)?,
-                    None => err(
+                    true => reply(Op::Data, &outbuf)?,
+                    false => err(
                         ErrorCode::NotFound,
                         &format!("no object {key:#x} of generation {generation}"),
                     )?,
@@ -751,6 +759,12 @@ fn request_loop(
             other => return Err(ConnEnd::Bad(ProtoError::Malformed(op_name(other)))),
         }
     }
+}
+
+/// A frame borrowed from the connection's buffer.
+struct FrameRef<'a> {
+    op: Op,
+    payload: &'a [u8],
 }
 
 fn op_name(op: Op) -> &'static str {

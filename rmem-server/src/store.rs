@@ -184,6 +184,29 @@ impl Store {
         Ok(())
     }
 
+    /// Copies an object into `out` (reusing its allocation); false when absent.
+    pub fn get_into(&self, pool: &PoolId, generation: u64, key: u64, out: &mut Vec<u8>) -> bool {
+        let Some(o) = self
+            .pools
+            .get(pool)
+            .and_then(|g| g.get(&generation))
+            .and_then(|d| d.objects.get(&key))
+        else {
+            return false;
+        };
+        let Some(a) = &self.arena else { return false };
+        out.clear();
+        let mut left = o.len;
+        for &s in &o.slots {
+            let n = left.min(SLOT);
+            let at = s as usize * SLOT;
+            out.extend_from_slice(&a.mem[at..at + n]);
+            left -= n;
+        }
+        true
+    }
+
+    #[cfg(test)]
     pub fn get(&self, pool: &PoolId, generation: u64, key: u64) -> Option<Vec<u8>> {
         let o = self.pools.get(pool)?.get(&generation)?.objects.get(&key)?;
         Some(self.read(o))
