@@ -1,4 +1,4 @@
-//! Client-side authenticated encryption of shards and manifests (AES-256-GCM).
+//! Client-side authenticated encryption of shards and manifests (AES-256-GCM, aws-lc-rs).
 //!
 //! Servers are other people's machines: they only ever see ciphertext. Each data chunk is sealed
 //! with nonce `salt || chunk_index`, where `salt` is 64 random bits drawn per generation write, so
@@ -7,8 +7,9 @@
 //! returns another generation's chunk (rollback), another position's chunk (swap) or altered bytes
 //! is caught by the tag. Manifests are sealed with a random nonce carried in their header.
 
-use aes_gcm::aead::{Aead, AeadInPlace, KeyInit, Payload};
-use aes_gcm::{Aes256Gcm, Nonce};
+use std::sync::Arc;
+
+use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 
 use crate::proto::PoolId;
 
@@ -47,13 +48,13 @@ impl std::fmt::Debug for Encryption {
 /// A ready-to-use sealer for one pool.
 #[derive(Clone)]
 pub struct Sealer {
-    cipher: Option<Box<Aes256Gcm>>,
+    key: Option<Arc<LessSafeKey>>,
     pool: PoolId,
 }
 
 impl std::fmt::Debug for Sealer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Sealer(encrypted: {})", self.cipher.is_some())
+        write!(f, "Sealer(encrypted: {})", self.key.is_some())
     }
 }
 
@@ -76,23 +77,27 @@ fn chunk_nonce(salt: u64, index: u32) -> [u8; 12] {
 
 impl Sealer {
     pub fn new(enc: &Encryption, pool: PoolId) -> Sealer {
-        let cipher = match enc {
-            Encryption::Aead { key } => Some(Box::new(Aes256Gcm::new(key.into()))),
+        let key = match enc {
+            // A 32-byte key is always a valid AES-256 key.
+            Encryption::Aead { key } => UnboundKey::new(&AES_256_GCM, key)
+                .ok()
+                .map(|k| Arc::new(LessSafeKey::new(k))),
             Encryption::Plaintext => None,
         };
-        Sealer { cipher, pool }
+        Sealer { key, pool }
     }
 
     pub fn encrypted(&self) -> bool {
-        self.cipher.is_some()
+        self.key.is_some()
     }
 
     /// Bytes added to each chunk.
     pub fn overhead(&self) -> usize {
-        if self.cipher.is_some() { TAG_LEN } else { 0 }
+        if self.key.is_some() { TAG_LEN } else { 0 }
     }
 
-    /// Seals `buf` in place (appending the tag).
+    /// Seals `buf` in place (appending the tag). The nonce is unique per key because `salt` is
+    /// drawn at random for every generation write and `index` counts the chunks of that write.
     pub fn seal_chunk(
         &self,
         generation: u64,
@@ -100,10 +105,14 @@ impl Sealer {
         index: u32,
         buf: &mut Vec<u8>,
     ) -> Result<(), CryptoError> {
-        let Some(c) = &self.cipher else { return Ok(()) };
+        let Some(k) = &self.key else { return Ok(()) };
         let aad = chunk_aad(&self.pool, generation, index, buf.len() as u32);
-        c.encrypt_in_place(Nonce::from_slice(&chunk_nonce(salt, index)), &aad, buf)
-            .map_err(|_| CryptoError::Seal)
+        k.seal_in_place_append_tag(
+            Nonce::assume_unique_for_key(chunk_nonce(salt, index)),
+            Aad::from(&aad[..]),
+            buf,
+        )
+        .map_err(|_| CryptoError::Seal)
     }
 
     /// Opens a sealed chunk in place (removing the tag); `plain_len` is what the manifest recorded.
@@ -118,7 +127,7 @@ impl Sealer {
         let tampered = || CryptoError::Tampered {
             what: format!("chunk {index} of generation {generation}"),
         };
-        let Some(c) = &self.cipher else {
+        let Some(k) = &self.key else {
             return if buf.len() == plain_len as usize {
                 Ok(())
             } else {
@@ -126,27 +135,34 @@ impl Sealer {
             };
         };
         let aad = chunk_aad(&self.pool, generation, index, plain_len);
-        c.decrypt_in_place(Nonce::from_slice(&chunk_nonce(salt, index)), &aad, buf)
-            .map_err(|_| tampered())?;
-        if buf.len() != plain_len as usize {
+        let n = k
+            .open_in_place(
+                Nonce::assume_unique_for_key(chunk_nonce(salt, index)),
+                Aad::from(&aad[..]),
+                buf,
+            )
+            .map_err(|_| tampered())?
+            .len();
+        buf.truncate(n);
+        if n != plain_len as usize {
             return Err(tampered());
         }
         Ok(())
     }
 
-    /// Seals a manifest body; `aad` is its header. Returns (nonce, ciphertext).
+    /// Seals a manifest body; `aad` is its header. Returns the ciphertext with its tag.
     pub fn seal_manifest(
         &self,
         aad: &[u8],
         nonce: [u8; 12],
         body: &[u8],
     ) -> Result<Vec<u8>, CryptoError> {
-        match &self.cipher {
-            Some(c) => c
-                .encrypt(Nonce::from_slice(&nonce), Payload { msg: body, aad })
-                .map_err(|_| CryptoError::Seal),
-            None => Ok(body.to_vec()),
+        let mut v = body.to_vec();
+        if let Some(k) = &self.key {
+            k.seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad), &mut v)
+                .map_err(|_| CryptoError::Seal)?;
         }
+        Ok(v)
     }
 
     pub fn open_manifest(
@@ -155,14 +171,17 @@ impl Sealer {
         nonce: [u8; 12],
         ct: &[u8],
     ) -> Result<Vec<u8>, CryptoError> {
-        match &self.cipher {
-            Some(c) => c
-                .decrypt(Nonce::from_slice(&nonce), Payload { msg: ct, aad })
+        let mut v = ct.to_vec();
+        if let Some(k) = &self.key {
+            let n = k
+                .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(aad), &mut v)
                 .map_err(|_| CryptoError::Tampered {
                     what: "manifest".into(),
-                }),
-            None => Ok(ct.to_vec()),
+                })?
+                .len();
+            v.truncate(n);
         }
+        Ok(v)
     }
 }
 
