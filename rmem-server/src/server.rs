@@ -642,7 +642,7 @@ fn request_loop(
             send(w, Op::Error, req, &proto::encode_error(code, msg), c)
                 .map_err(|e| ConnEnd::Io(e.to_string()))
         };
-        let mut cur = Cursor::new(&f.payload, "request");
+        let mut cur = Cursor::new(f.payload, "request");
         match f.op {
             Op::Put => {
                 let (generation, key) = (
