@@ -766,31 +766,53 @@ impl Pool {
         }
         let mut moved = 0;
         let mut touched: BTreeSet<Handle> = BTreeSet::new();
-        for s in 0..man.stripes.len() {
-            let w = man.stripes[s].len();
-            let bad: Vec<usize> = (0..w)
-                .filter(|&j| Self::real_shard(&man, s, j))
-                .filter(|&j| {
-                    let l = man.stripes[s][j];
-                    let h = if l.target == LOST {
-                        None
-                    } else {
-                        self.resolve(&man.targets[l.target as usize], disk_as)
-                    };
-                    match from {
-                        Some(i) => h == Some(Handle::Server(i)),
-                        None => h.is_none(),
-                    }
-                })
+        let todo: Vec<(usize, usize)> = (0..man.stripes.len())
+            .flat_map(|s| (0..man.stripes[s].len()).map(move |j| (s, j)))
+            .filter(|&(s, j)| Self::real_shard(&man, s, j))
+            .filter(|&(s, j)| {
+                let l = man.stripes[s][j];
+                let h = if l.target == LOST {
+                    None
+                } else {
+                    self.resolve(&man.targets[l.target as usize], disk_as)
+                };
+                match from {
+                    Some(i) => h == Some(Handle::Server(i)),
+                    None => h.is_none(),
+                }
+            })
+            .collect();
+        // Batches keep the reads pipelined (no round trip per shard) and memory bounded.
+        for batch in todo.chunks(RELOCATE_BATCH) {
+            // Content: straight from the revoking server while it still serves reads...
+            let mut got = self.fetch_pipelined(&man, disk_as, batch);
+            // ...else reconstructed from the rest of the stripe, fetched pipelined too.
+            let missing: Vec<(usize, usize)> = batch
+                .iter()
+                .copied()
+                .filter(|x| !got.contains_key(x))
                 .collect();
-            if bad.is_empty() {
-                continue;
+            if !missing.is_empty() {
+                let stripes: BTreeSet<usize> = missing.iter().map(|x| x.0).collect();
+                let others: Vec<(usize, usize)> = stripes
+                    .iter()
+                    .flat_map(|&s| (0..man.stripes[s].len()).map(move |j| (s, j)))
+                    .filter(|&(s, j)| Self::real_shard(&man, s, j) && !missing.contains(&(s, j)))
+                    .collect();
+                let mut pre = self.fetch_pipelined(&man, disk_as, &others);
+                for &s in &stripes {
+                    let shards = self.stripe_shards(&man, disk_as, s, &[], true, &mut pre)?;
+                    for (j, d) in shards.into_iter().enumerate() {
+                        if missing.contains(&(s, j)) {
+                            got.insert((s, j), d);
+                        }
+                    }
+                }
             }
-            // Content: straight from the revoking server while it still serves reads, else
-            // reconstructed from the rest of the stripe.
-            let shards = self.stripe_shards(&man, disk_as, s, &[], true)?;
-            for j in bad {
-                let data = &shards[j];
+            for &(s, j) in batch {
+                let Some(data) = got.remove(&(s, j)) else {
+                    continue;
+                };
                 let used: Vec<Handle> = man.stripes[s]
                     .iter()
                     .filter(|l| l.target != LOST)
@@ -803,9 +825,9 @@ impl Pool {
                             "shard {j} of stripe {s} of generation {generation}"
                         ))
                     })?;
-                let key = shard_key(s, j);
+                let crc = crc32c::crc32c(&data);
                 let r = match self.backend(dest) {
-                    Some(b) => b.put(generation, key, data),
+                    Some(b) => b.put_crc(generation, shard_key(s, j), &data, crc),
                     None => continue,
                 };
                 if let Err(e) = r {
@@ -824,7 +846,7 @@ impl Pool {
                 man.stripes[s][j] = ShardLoc {
                     target: idx as u16,
                     len: data.len() as u32,
-                    crc: crc32c::crc32c(data),
+                    crc,
                 };
                 moved += 1;
             }
@@ -877,6 +899,51 @@ impl Pool {
         Ok(moved)
     }
 
+    /// Fetches the given shards with all requests sent before any answer is read; returns those
+    /// that arrived intact (length and CRC as the manifest says).
+    fn fetch_pipelined(
+        &mut self,
+        man: &Manifest,
+        disk_as: Handle,
+        wanted: &[(usize, usize)],
+    ) -> HashMap<(usize, usize), Vec<u8>> {
+        let mut order = Vec::new();
+        for &(s, j) in wanted {
+            let l = man.stripes[s][j];
+            if l.target == LOST {
+                continue;
+            }
+            let Some(h) = self.resolve(&man.targets[l.target as usize], disk_as) else {
+                continue;
+            };
+            let r = self
+                .backend(h)
+                .map(|b| b.send_get(man.generation, shard_key(s, j)));
+            match r {
+                Some(Ok(())) => order.push((h, s, j)),
+                Some(Err(e)) => self.note_error(h, &e),
+                None => {}
+            }
+        }
+        let mut got = HashMap::new();
+        for (h, s, j) in order {
+            let r = match self.backend(h) {
+                Some(b) => b.recv_get_crc(),
+                None => continue,
+            };
+            match r {
+                Ok((d, crc)) => {
+                    let l = man.stripes[s][j];
+                    if d.len() == l.len as usize && crc == l.crc {
+                        got.insert((s, j), d);
+                    }
+                }
+                Err(e) => self.note_error(h, &e),
+            }
+        }
+        got
+    }
+
     /// A target for a moved shard: a usable server not already holding a shard of the stripe,
     /// most free memory first; else the local disk.
     fn pick_destination(
@@ -919,11 +986,15 @@ impl Pool {
         s: usize,
         exclude: &[usize],
         all: bool,
+        prefetched: &mut HashMap<(usize, usize), Vec<u8>>,
     ) -> Result<Vec<Vec<u8>>> {
         let (k, m) = (man.k as usize, man.m as usize);
         let mut shards: Vec<Option<Vec<u8>>> = vec![None; k + m];
         let mut why: Vec<String> = Vec::new();
-        let fetch = |pool: &mut Pool, j: usize, why: &mut Vec<String>| -> Option<Vec<u8>> {
+        let mut fetch = |pool: &mut Pool, j: usize, why: &mut Vec<String>| -> Option<Vec<u8>> {
+            if let Some(d) = prefetched.remove(&(s, j)) {
+                return Some(d);
+            }
             let l = man.stripes[s][j];
             if l.target == LOST {
                 why.push(format!(
@@ -1102,7 +1173,8 @@ impl Pool {
         let mut exclude: Vec<usize> = Vec::new();
         // Shards that were fetched but failed authentication must not feed reconstruction.
         for _attempt in 0..=man.m as usize + 1 {
-            let shards = self.stripe_shards(man, disk_as, s, &exclude, false)?;
+            let shards =
+                self.stripe_shards(man, disk_as, s, &exclude, false, &mut HashMap::new())?;
             let mut chunks = Vec::with_capacity(k);
             let mut failed = None;
             for (j, mut b) in shards.into_iter().take(k).enumerate() {
@@ -1164,7 +1236,7 @@ impl Pool {
         let mut out = man.clone();
         out.targets = vec![TargetRef::Disk];
         for s in 0..man.stripes.len() {
-            let shards = self.stripe_shards(&man, disk_as, s, &[], false)?;
+            let shards = self.stripe_shards(&man, disk_as, s, &[], false, &mut HashMap::new())?;
             for (j, shard) in shards.iter().enumerate() {
                 if j < k && Self::real_shard(&man, s, j) {
                     let f = self
@@ -1689,6 +1761,9 @@ pub struct GenReader<'p> {
     by_addr: Vec<usize>,
     cache: Option<(usize, Vec<Vec<u8>>)>,
 }
+
+/// Shards moved per pipelined batch during migration and rebuild.
+const RELOCATE_BATCH: usize = 32;
 
 /// Stripes fetched per pipelined batch when streaming a whole generation.
 const READ_BATCH: usize = 8;
