@@ -232,3 +232,60 @@ fn rebuild_onto_spare_after_losing_a_server() {
     srv[0].kill9();
     check_gen(&mut pool, 1, &runs, b"rb").unwrap();
 }
+
+#[test]
+fn mlock_capacity_is_lent() {
+    let s = Server::start_with("8M", KEY, &["--mlock"], "127.0.0.1:0");
+    assert_eq!(s.metric("capacity_bytes"), 8 << 20);
+    let mut pool = connect(std::slice::from_ref(&s), "none", true);
+    let runs = page_runs(48, 5);
+    write_gen(&mut pool, 1, &runs, b"").unwrap();
+    check_gen(&mut pool, 1, &runs, b"").unwrap();
+}
+
+#[test]
+fn deadline_passes_with_a_passive_client_data_is_dropped_and_loss_reported() {
+    let s = Server::start("8M");
+    let mut pool = connect(std::slice::from_ref(&s), "none", true);
+    let runs = page_runs(49, 10);
+    write_gen(&mut pool, 1, &runs, b"").unwrap();
+    // The client never calls maintain(): the server must not wait for it past the deadline.
+    s.admin("revoke --deadline 300ms");
+    wait_until("revoked at the deadline", || {
+        s.admin("state").contains("revoked(admin)")
+    });
+    assert_eq!(s.metric("used_bytes"), 0);
+    assert!(
+        pool.read_generation(1).is_err(),
+        "revoked data cannot be read back"
+    );
+}
+
+#[test]
+fn concurrent_clients_share_a_server_without_interference() {
+    let srv = servers(2, "64M");
+    let addrs: Vec<String> = srv.iter().map(|s| s.addr.clone()).collect();
+    let handles: Vec<_> = (0..4u8)
+        .map(|c| {
+            let mut cfg = config(&srv, "mirror:2", true);
+            cfg.servers = addrs.clone();
+            cfg.pool_id = [c + 100; 16];
+            std::thread::spawn(move || {
+                let mut pool = Pool::connect(cfg).unwrap();
+                for g in 1..=3u64 {
+                    let runs = page_runs(u64::from(c) * 10 + g, 12);
+                    write_gen(&mut pool, g, &runs, &[c]).unwrap();
+                    check_gen(&mut pool, g, &runs, &[c]).unwrap();
+                    if g > 1 {
+                        pool.free_generation(g - 1).unwrap();
+                    }
+                }
+                pool.latest_committed().map(|i| i.generation)
+            })
+        })
+        .collect();
+    for h in handles {
+        assert_eq!(h.join().unwrap(), Some(3));
+    }
+    assert_eq!(srv[0].metric("pools"), 4);
+}
