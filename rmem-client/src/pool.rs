@@ -546,6 +546,11 @@ impl Pool {
         None
     }
 
+    /// The decoded manifest of a committed generation (for inspection tools).
+    pub fn manifest(&mut self, generation: u64) -> Result<Manifest> {
+        Ok(self.load_manifest(generation)?.0)
+    }
+
     /// Describes a committed generation.
     pub fn info(&mut self, generation: u64) -> Result<GenInfo> {
         let (m, disk_as, _) = self.load_manifest(generation)?;

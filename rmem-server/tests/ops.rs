@@ -289,3 +289,53 @@ fn concurrent_clients_share_a_server_without_interference() {
     }
     assert_eq!(srv[0].metric("pools"), 4);
 }
+
+#[test]
+fn inspector_lists_shows_and_verifies() {
+    let mut srv = servers(3, "16M");
+    let mut pool = connect(&srv, "parity", true);
+    let runs = page_runs(50, 10);
+    write_gen(&mut pool, 4, &runs, b"i").unwrap();
+    let dir = TempDir::new("inspect");
+    let kf = key_file(dir.path(), KEY);
+    let dk = dir.path().join("data.key");
+    std::fs::write(&dk, rmem_client::auth::encode_hex(&DATA_KEY)).unwrap();
+    let inspect = |args: &[&str], srv: &[Server]| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_rmem-inspect"));
+        for s in srv {
+            c.arg("--server").arg(&s.addr);
+        }
+        c.arg("--key-file")
+            .arg(&kf)
+            .arg("--data-key-file")
+            .arg(&dk)
+            .arg("--pool")
+            .arg(rmem_client::auth::encode_hex(&[7; 16]));
+        let out = c.args(args).output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (ok, out) = inspect(&["list"], &srv);
+    assert!(
+        ok && out.contains("generation 4:") && !out.contains("DEGRADED"),
+        "{out}"
+    );
+    let (ok, out) = inspect(&["show", "4"], &srv);
+    assert!(
+        ok && out.contains("code Xor k=2 m=1") && out.contains("shards without a copy: 0"),
+        "{out}"
+    );
+    let (ok, out) = inspect(&["verify", "4"], &srv);
+    assert!(ok && out.contains("OK"), "{out}");
+    srv[2].kill9();
+    let (ok, out) = inspect(&["verify", "4"], &srv);
+    assert!(ok && out.contains("OK"), "degraded but readable: {out}");
+    let (_, out) = inspect(&["list"], &srv);
+    assert!(out.contains("DEGRADED"), "{out}");
+    // A wrong data key: nothing authenticates.
+    std::fs::write(&dk, rmem_client::auth::encode_hex(&[1; 32])).unwrap();
+    let (ok, _) = inspect(&["verify", "4"], &srv);
+    assert!(!ok);
+}
