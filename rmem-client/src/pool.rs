@@ -454,6 +454,7 @@ impl Pool {
             stripes: Vec::new(),
             extents: Vec::new(),
             stream_pos: 0,
+            done: false,
         })
     }
 
@@ -678,6 +679,7 @@ impl Pool {
             ..Default::default()
         };
         self.refresh();
+        self.collect_garbage();
         for i in 0..self.slots.len() {
             if self.slots[i].conn.is_some() && self.revoking(i) && !self.slots[i].evacuated {
                 match self.evacuate(i) {
@@ -696,6 +698,36 @@ impl Pool {
             Err(e) => rep.errors.push(format!("rebuild: {e}")),
         }
         rep
+    }
+
+    /// Frees, on every server, generations committed nowhere and older than the newest committed
+    /// one: leftovers of writers that died before their commit. Newer uncommitted generations
+    /// may be in progress (a forked child writing) and are left alone.
+    fn collect_garbage(&mut self) {
+        // Committed anywhere counts: a server whose commit failed still holds needed shards.
+        let committed: BTreeSet<u64> = self.committed_generations().into_iter().collect();
+        let Some(&newest) = committed.last() else {
+            return;
+        };
+        let mut handles: Vec<Handle> = self
+            .live_servers()
+            .into_iter()
+            .map(Handle::Server)
+            .collect();
+        handles.push(Handle::Disk);
+        for h in handles {
+            let Some(b) = self.backend(h) else { continue };
+            let Ok(list) = b.list() else { continue };
+            for e in list
+                .iter()
+                .filter(|e| !committed.contains(&e.generation) && e.generation < newest)
+            {
+                tracing::info!(target = %h_name(h), generation = e.generation, "freeing an abandoned uncommitted generation");
+                if let Some(b) = self.backend(h) {
+                    let _ = b.free(e.generation);
+                }
+            }
+        }
     }
 
     /// Moves every shard held by revoking server `i` elsewhere, re-commits the manifests, then
@@ -1303,6 +1335,10 @@ impl Pool {
     }
 }
 
+fn h_name(h: Handle) -> String {
+    format!("{h:?}")
+}
+
 fn describe(t: &TargetRef) -> String {
     match t {
         TargetRef::Remote { addr, .. } => format!("server {addr}"),
@@ -1347,6 +1383,8 @@ pub struct GenWriter<'p> {
     stripes: Vec<Vec<ShardLoc>>,
     extents: Vec<Extent>,
     stream_pos: u64,
+    /// Committed or already cleaned up: nothing for `Drop` to do.
+    done: bool,
 }
 
 impl GenWriter<'_> {
@@ -1729,16 +1767,28 @@ impl GenWriter<'_> {
                 tracing::warn!(server = %self.pool.slots[i].addr, error = %e, "evacuation after commit failed");
             }
         }
+        self.done = true;
         Ok(info)
     }
 
     /// Drops what was written of this generation.
     pub fn abort(&mut self) {
+        self.done = true;
         for &h in &self.targets {
             if let Some(b) = self.pool.backend(h) {
                 let _ = b.sync();
                 let _ = b.free(self.generation);
             }
+        }
+    }
+}
+
+/// A writer dropped before its commit (an error in the caller, say) frees what it wrote, best
+/// effort; a process that dies leaves the leftovers to [`Pool::maintain`]'s collection.
+impl Drop for GenWriter<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.abort();
         }
     }
 }
@@ -1823,9 +1873,19 @@ impl GenReader<'_> {
 
     /// Reads `len` bytes at caller address `addr`; every byte must have been written.
     pub fn get(&mut self, addr: u64, len: u64) -> Result<Vec<u8>> {
+        let generation = self.man.generation;
+        // A range past the end of the address space, or larger than the generation, cannot be
+        // stored here; refuse it before allocating.
+        let end = addr
+            .checked_add(len)
+            .filter(|_| len <= self.man.bytes())
+            .ok_or(PoolError::NotPresent {
+                generation,
+                addr,
+                len,
+            })?;
         let mut out = vec![0u8; len as usize];
         let mut covered = 0u64;
-        let end = addr + len;
         let start = self.by_addr.partition_point(|&i| {
             let e = &self.man.extents[i];
             e.addr + e.len as u64 <= addr

@@ -23,6 +23,7 @@ use crate::store::{Store, StoreError};
 /// tiny, so this bounds what a client can make the server buffer in replies it is not reading.
 pub const WINDOW: u32 = 32 << 20;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Errors of the service itself (a single connection's errors are only logged).
 #[derive(Debug, thiserror::Error)]
@@ -96,7 +97,7 @@ pub struct Shared {
     lend: Mutex<Lend>,
     conns: Mutex<HashMap<u64, Arc<Mutex<TcpStream>>>>,
     next_conn: AtomicU64,
-    pub counters: Counters,
+    pub counters: Arc<Counters>,
     pub stop: AtomicBool,
     pub local_addr: Mutex<Option<SocketAddr>>,
 }
@@ -118,7 +119,7 @@ impl Shared {
             lend: Mutex::new(Lend::Lending),
             conns: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
-            counters: Counters::default(),
+            counters: Arc::new(Counters::default()),
             stop: AtomicBool::new(false),
             local_addr: Mutex::new(None),
         });
@@ -205,8 +206,18 @@ impl Shared {
         );
         let ms = deadline.as_millis() as u64;
         let conns: Vec<_> = lock(&self.conns).values().cloned().collect();
-        for c in conns {
-            let _ = send(&c, Op::RevokeNotice, 0, &ms.to_le_bytes(), &self.counters);
+        let counters = self.counters.clone();
+        // On its own thread: a client that stopped reading must not hold up the admin command or
+        // the monitor (its write times out and its connection is dropped).
+        let spawned = std::thread::Builder::new()
+            .name("rmem-notify".into())
+            .spawn(move || {
+                for c in conns {
+                    let _ = send(&c, Op::RevokeNotice, 0, &ms.to_le_bytes(), &counters);
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot notify clients of the revocation");
         }
     }
 
@@ -424,6 +435,8 @@ pub fn close_all(shared: &Shared) {
 fn handle(sh: Arc<Shared>, stream: TcpStream, peer: &str) {
     sh.counters.connections.fetch_add(1, Ordering::Relaxed);
     let _ = stream.set_nodelay(true);
+    // A peer that stops reading its replies is dropped rather than blocking a thread forever.
+    let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
     let writer = match stream.try_clone() {
         Ok(w) => Arc::new(Mutex::new(w)),
         Err(e) => {

@@ -339,3 +339,45 @@ fn inspector_lists_shows_and_verifies() {
     let (ok, _) = inspect(&["verify", "4"], &srv);
     assert!(!ok);
 }
+
+#[test]
+fn abandoned_uncommitted_generations_are_collected() {
+    use rmem_client::backend::Backend;
+    use rmem_client::conn::{Conn, ConnConfig};
+    let s = Server::start("16M");
+    let mut pool = connect(std::slice::from_ref(&s), "none", true);
+    write_gen(&mut pool, 1, &page_runs(51, 3), b"").unwrap();
+    // A writer that died before its commit left objects of generation 2 behind.
+    let cfg = ConnConfig {
+        key: rmem_client::Psk::new(KEY).unwrap(),
+        pool: [7; 16],
+        name: "crashed writer".into(),
+        connect_timeout: Duration::from_secs(3),
+        io_timeout: Duration::from_secs(10),
+    };
+    let mut dead = Conn::connect(&s.addr, &cfg).unwrap();
+    dead.put(2, 0, &[1u8; 100_000]).unwrap();
+    dead.put(5, 0, &[1u8; 100_000]).unwrap();
+    dead.sync().unwrap();
+    drop(dead);
+    write_gen(&mut pool, 3, &page_runs(52, 3), b"").unwrap();
+    // A writer dropped without commit cleans up after itself.
+    {
+        let mut w = pool.begin_generation(4).unwrap();
+        w.put(0, &[2u8; 300_000]).unwrap();
+    }
+    pool.maintain();
+    let cfg2 = ConnConfig {
+        name: "observer".into(),
+        ..cfg
+    };
+    let mut c = Conn::connect(&s.addr, &cfg2).unwrap();
+    let gens: Vec<(u64, bool)> = c
+        .list()
+        .unwrap()
+        .iter()
+        .map(|e| (e.generation, e.committed))
+        .collect();
+    // 2 was abandoned below the newest commit; 4 was aborted by its writer; 5 may be in progress.
+    assert_eq!(gens, vec![(1, true), (3, true), (5, false)]);
+}
