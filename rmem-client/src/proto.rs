@@ -246,6 +246,17 @@ pub fn read_frame_into<R: Read>(
     r: &mut R,
     buf: &mut Vec<u8>,
 ) -> Result<(Op, u64, usize), ProtoError> {
+    read_frame_split(r, buf, 0).map(|(op, req, len, _)| (op, req, len))
+}
+
+/// [`read_frame_into`] that also returns the CRC32C of the payload from byte `split` on (0 if
+/// the payload is shorter), at no extra pass: the two parts' CRCs are combined for the check.
+/// A server keeps the CRC of a PUT's data so its GET replies need not checksum it again.
+pub fn read_frame_split<R: Read>(
+    r: &mut R,
+    buf: &mut Vec<u8>,
+    split: usize,
+) -> Result<(Op, u64, usize, u32), ProtoError> {
     let mut hb = [0u8; HEADER_LEN];
     read_exact_or_closed(r, &mut hb)?;
     let h = FrameHeader::check(&hb)?;
@@ -261,13 +272,16 @@ pub fn read_frame_into<R: Read>(
             ProtoError::Io(e)
         }
     })?;
-    if crc32c::crc32c(&buf[..len]) != h.payload_crc.get() {
+    let cut = split.min(len);
+    let tail = crc32c::crc32c(&buf[cut..len]);
+    let whole = crc32c::crc32c_combine(crc32c::crc32c(&buf[..cut]), tail, len - cut);
+    if whole != h.payload_crc.get() {
         return Err(ProtoError::PayloadChecksum {
             op: h.op.get(),
             len: len as u32,
         });
     }
-    Ok((op, h.req_id.get(), len))
+    Ok((op, h.req_id.get(), len, tail))
 }
 
 /// Reads one frame, checking every bound before allocating.

@@ -385,6 +385,24 @@ fn send(
     Ok(())
 }
 
+/// `send` for a payload whose CRC32C is known (stored objects): no pass over the data.
+fn send_crc(
+    stream: &Mutex<TcpStream>,
+    op: Op,
+    req: u64,
+    payload: &[u8],
+    crc: u32,
+    c: &Counters,
+) -> std::io::Result<()> {
+    let h = FrameHeader::with_crc(op, req, payload.len(), crc);
+    let mut s = lock(stream);
+    s.write_all(&h.to_bytes())?;
+    s.write_all(payload)?;
+    c.bytes_out
+        .fetch_add((HEADER_LEN + payload.len()) as u64, Ordering::Relaxed);
+    Ok(())
+}
+
 /// Accepts connections until `stop` is set.
 pub fn serve(shared: Arc<Shared>, listener: TcpListener) {
     if let Ok(a) = listener.local_addr() {
@@ -638,7 +656,8 @@ fn request_loop(
     let mut inbuf: Vec<u8> = Vec::new();
     let mut outbuf: Vec<u8> = Vec::new();
     loop {
-        let (op, req, len) = match proto::read_frame_into(r, &mut inbuf) {
+        // PUT payloads are `generation, key, data`: keep the data's CRC for later GETs.
+        let (op, req, len, data_crc) = match proto::read_frame_split(r, &mut inbuf, 16) {
             Ok(x) => x,
             Err(ProtoError::Closed) => return Ok(()),
             Err(e) => return Err(classify(e)),
@@ -677,7 +696,7 @@ fn request_loop(
                     )?;
                     continue;
                 }
-                let res = lock(&sh.store).put(pool, generation, key, data);
+                let res = lock(&sh.store).put(pool, generation, key, data, data_crc);
                 match res {
                     Ok(()) => reply(Op::Ok, &[])?,
                     Err(e @ StoreError::NoSpace { .. }) => {
@@ -695,8 +714,9 @@ fn request_loop(
                 cur.finish().map_err(ConnEnd::Bad)?;
                 let got = lock(&sh.store).get_into(pool, generation, key, &mut outbuf);
                 match got {
-                    true => reply(Op::Data, &outbuf)?,
-                    false => err(
+                    Some(crc) => send_crc(w, Op::Data, req, &outbuf, crc, c)
+                        .map_err(|e| ConnEnd::Io(e.to_string()))?,
+                    None => err(
                         ErrorCode::NotFound,
                         &format!("no object {key:#x} of generation {generation}"),
                     )?,

@@ -26,6 +26,8 @@ pub enum StoreError {
 #[derive(Debug)]
 struct Obj {
     len: usize,
+    /// CRC32C of the data, checked on arrival and sent with every read of it.
+    crc: u32,
     slots: Vec<u32>,
 }
 
@@ -113,7 +115,7 @@ impl Store {
             .unwrap_or(0)
     }
 
-    fn alloc(&mut self, data: &[u8]) -> Result<Obj, StoreError> {
+    fn alloc(&mut self, data: &[u8], crc: u32) -> Result<Obj, StoreError> {
         let capacity = self.capacity;
         let arena = self.arena.as_mut().ok_or(StoreError::NotLending)?;
         let need = data.len().div_ceil(SLOT).max(1);
@@ -131,6 +133,7 @@ impl Store {
         }
         Ok(Obj {
             len: data.len(),
+            crc,
             slots,
         })
     }
@@ -163,6 +166,7 @@ impl Store {
         generation: u64,
         key: u64,
         data: &[u8],
+        crc: u32,
     ) -> Result<(), StoreError> {
         // Free the previous version first so replacing an object in a full store works.
         let old = self
@@ -173,7 +177,7 @@ impl Store {
         if let Some(o) = old {
             Self::release(&mut self.arena, o);
         }
-        let obj = self.alloc(data)?;
+        let obj = self.alloc(data, crc)?;
         self.pools
             .entry(*pool)
             .or_default()
@@ -184,17 +188,24 @@ impl Store {
         Ok(())
     }
 
-    /// Copies an object into `out` (reusing its allocation); false when absent.
-    pub fn get_into(&self, pool: &PoolId, generation: u64, key: u64, out: &mut Vec<u8>) -> bool {
+    /// Copies an object into `out` (reusing its allocation); returns its CRC32C, `None` when
+    /// absent.
+    pub fn get_into(
+        &self,
+        pool: &PoolId,
+        generation: u64,
+        key: u64,
+        out: &mut Vec<u8>,
+    ) -> Option<u32> {
         let Some(o) = self
             .pools
             .get(pool)
             .and_then(|g| g.get(&generation))
             .and_then(|d| d.objects.get(&key))
         else {
-            return false;
+            return None;
         };
-        let Some(a) = &self.arena else { return false };
+        let Some(a) = &self.arena else { return None };
         out.clear();
         let mut left = o.len;
         for &s in &o.slots {
@@ -203,7 +214,7 @@ impl Store {
             out.extend_from_slice(&a.mem[at..at + n]);
             left -= n;
         }
-        true
+        Some(o.crc)
     }
 
     #[cfg(test)]
@@ -219,7 +230,7 @@ impl Store {
         generation: u64,
         manifest: &[u8],
     ) -> Result<(), StoreError> {
-        let obj = self.alloc(manifest)?;
+        let obj = self.alloc(manifest, crc32c::crc32c(manifest))?;
         let d = self
             .pools
             .entry(*pool)
@@ -296,21 +307,21 @@ mod tests {
     #[test]
     fn put_get_commit_free_and_capacity() {
         let mut s = Store::new();
-        assert_eq!(s.put(&[1; 16], 1, 1, b"x"), Err(StoreError::NotLending));
+        assert_eq!(s.put(&[1; 16], 1, 1, b"x", 0), Err(StoreError::NotLending));
         s.lend(4 * SLOT as u64);
         let p = [1u8; 16];
         let big: Vec<u8> = (0..SLOT + 10).map(|i| i as u8).collect();
-        s.put(&p, 1, 7, &big).unwrap();
+        s.put(&p, 1, 7, &big, crc32c::crc32c(&big)).unwrap();
         assert_eq!(s.get(&p, 1, 7).unwrap(), big);
         assert_eq!(s.used(), 2 * SLOT as u64);
         s.commit(&p, 1, b"manifest").unwrap();
         assert_eq!(s.manifest(&p, 1).unwrap(), b"manifest");
         assert!(matches!(
-            s.put(&p, 2, 1, &vec![0; 2 * SLOT]),
+            s.put(&p, 2, 1, &vec![0; 2 * SLOT], 0),
             Err(StoreError::NoSpace { .. })
         ));
         // Replacing an object reuses its own slots even when the store is nearly full.
-        s.put(&p, 1, 7, &big).unwrap();
+        s.put(&p, 1, 7, &big, crc32c::crc32c(&big)).unwrap();
         assert_eq!(
             s.list(&p),
             vec![GenEntry {
