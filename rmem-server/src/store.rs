@@ -197,15 +197,8 @@ impl Store {
         key: u64,
         out: &mut Vec<u8>,
     ) -> Option<u32> {
-        let Some(o) = self
-            .pools
-            .get(pool)
-            .and_then(|g| g.get(&generation))
-            .and_then(|d| d.objects.get(&key))
-        else {
-            return None;
-        };
-        let Some(a) = &self.arena else { return None };
+        let o = self.pools.get(pool)?.get(&generation)?.objects.get(&key)?;
+        let a = self.arena.as_ref()?;
         out.clear();
         let mut left = o.len;
         for &s in &o.slots {
