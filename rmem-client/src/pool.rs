@@ -1347,7 +1347,10 @@ fn describe(t: &TargetRef) -> String {
 }
 
 /// A shard sent but not yet acknowledged: (put sequence number, stripe, shard index, bytes).
-type Unacked = (u64, usize, usize, Vec<u8>);
+type Unacked = (u64, usize, usize, Shard);
+
+/// A shard's bytes, shared when several targets hold the same bytes (mirror copies).
+type Shard = Arc<Vec<u8>>;
 
 /// Writes one generation. Data is chunked, sealed, striped and sent as it comes; nothing waits
 /// for a server's answer until [`GenWriter::commit`].
@@ -1450,7 +1453,7 @@ impl GenWriter<'_> {
     /// Records that target `t` failed: shards it did not store become lost, and the lanes that
     /// used it move to a spare when one is free, so the rest of the write goes there. Returns the
     /// unacknowledged shards that must be placed again.
-    fn fail_target(&mut self, t: usize, e: &BackendError) -> Vec<(usize, usize, Vec<u8>)> {
+    fn fail_target(&mut self, t: usize, e: &BackendError) -> Vec<(usize, usize, Shard)> {
         if self.failed[t].is_none() {
             tracing::warn!(generation = self.generation, target = %self.pool.name_of(self.targets[t]), error = %e, "target failed during the write");
             self.failed[t] = Some(e.to_string());
@@ -1485,7 +1488,7 @@ impl GenWriter<'_> {
             }
         }
         tracing::debug!(?refused, unacked = ?self.unacked[t].iter().map(|x| (x.0, x.1, x.2)).collect::<Vec<_>>(), "fail_target");
-        let requeue: Vec<(usize, usize, Vec<u8>)> = std::mem::take(&mut self.unacked[t])
+        let requeue: Vec<(usize, usize, Shard)> = std::mem::take(&mut self.unacked[t])
             .into_iter()
             .filter(|(_, s, j, _)| is_lost(*s, *j))
             .map(|(_, s, j, d)| (s, j, d))
@@ -1520,18 +1523,22 @@ impl GenWriter<'_> {
         requeue
     }
 
-    /// Sends shard `j` of stripe `s` to its lane's target, moving on to spares when targets fail.
-    /// The shard is kept until the target acknowledges it, so a refusal can be retried elsewhere.
     /// Keeps acknowledged shard buffers for the next chunks: fresh megabyte allocations would
-    /// cost page faults and zeroing on every chunk.
-    fn recycle(&mut self, mut b: Vec<u8>) {
-        if self.free_bufs.len() < 32 && b.capacity() >= self.chunk_size {
+    /// cost page faults and zeroing on every chunk. Shared buffers (a mirror copy still waiting
+    /// for another target) are simply dropped here.
+    fn recycle(&mut self, b: Shard) {
+        if let Ok(mut b) = Arc::try_unwrap(b)
+            && self.free_bufs.len() < 32
+            && b.capacity() >= self.chunk_size
+        {
             b.clear();
             self.free_bufs.push(b);
         }
     }
 
-    fn place(&mut self, s: usize, j: usize, shard: Vec<u8>) {
+    /// Sends shard `j` of stripe `s` to its lane's target, moving on to spares when targets fail.
+    /// The shard is kept until the target acknowledges it, so a refusal can be retried elsewhere.
+    fn place(&mut self, s: usize, j: usize, shard: Shard) {
         let lane = (s + j) % self.lanes.len();
         let mut requeue = Vec::new();
         // Each failure retires a target for good, so this ends.
@@ -1554,7 +1561,7 @@ impl GenWriter<'_> {
             let crc = self.stripes[s][j].crc;
             let r = match self.pool.backend(h) {
                 Some(b) => b
-                    .put_crc(self.generation, shard_key(s, j), &shard, crc)
+                    .put_crc(self.generation, shard_key(s, j), shard.as_slice(), crc)
                     .map(|()| (b.puts_sent(), b.puts_acked())),
                 None => Err(BackendError::Down {
                     target: self.pool.name_of(h),
@@ -1589,24 +1596,39 @@ impl GenWriter<'_> {
     fn write_stripe(&mut self) -> Result<()> {
         let s = self.stripes.len();
         let data = std::mem::take(&mut self.pending);
-        let red = {
-            let refs: Vec<&[u8]> = (0..self.k)
-                .map(|j| data.get(j).map_or(&[][..], |d| d.as_slice()))
-                .collect();
-            let len = erasure::coded_len(refs.iter().map(|d| d.len()).max().unwrap_or(0));
-            erasure::encode(self.code, &refs, self.m, len)?
-        };
-        let mut shards: Vec<Option<Vec<u8>>> = data.into_iter().map(Some).collect();
-        shards.resize(self.k, None);
-        shards.extend(red.into_iter().map(Some));
+        // Mirror copies share the data shard's buffer and checksum: no copy, no second pass.
+        let mut shards: Vec<Option<Shard>> = Vec::with_capacity(self.k + self.m);
+        if self.code == Code::Copy {
+            let d = data.into_iter().next().map(Arc::new);
+            shards.extend((0..=self.m).map(|_| d.clone()));
+        } else {
+            let red = {
+                let refs: Vec<&[u8]> = (0..self.k)
+                    .map(|j| data.get(j).map_or(&[][..], |d| d.as_slice()))
+                    .collect();
+                let len = erasure::coded_len(refs.iter().map(|d| d.len()).max().unwrap_or(0));
+                erasure::encode(self.code, &refs, self.m, len)?
+            };
+            shards.extend(data.into_iter().map(|d| Some(Arc::new(d))));
+            shards.resize(self.k, None);
+            shards.extend(red.into_iter().map(|r| Some(Arc::new(r))));
+        }
+        let mut crc0 = None;
         let locs = shards
             .iter()
             .map(|x| match x {
-                Some(d) => ShardLoc {
-                    target: LOST,
-                    len: d.len() as u32,
-                    crc: crc32c::crc32c(d),
-                },
+                Some(d) => {
+                    let crc = match (self.code, crc0) {
+                        (Code::Copy, Some(c)) => c,
+                        _ => crc32c::crc32c(d),
+                    };
+                    crc0.get_or_insert(crc);
+                    ShardLoc {
+                        target: LOST,
+                        len: d.len() as u32,
+                        crc,
+                    }
+                }
                 None => ShardLoc {
                     target: LOST,
                     len: 0,
