@@ -2,7 +2,7 @@
 //! printed beside a raw single-stream TCP transfer of the same bytes measured in the same run.
 //!
 //! `cargo bench -p rmem-server --bench pool` (1 GiB; `RMEM_BENCH_MIB=256` for a quicker run,
-//! `RMEM_BENCH_ONLY=none,parity` to select modes, `RMEM_BENCH_REPEAT=3` for best-of-3). Also measures the Reed–Solomon crate against
+//! `RMEM_BENCH_ONLY=none,parity` to select modes, `RMEM_BENCH_REPEAT=5` for five rounds per row instead of three). Also measures the Reed–Solomon crate against
 //! XOR parity for 4–8 data shards, migration of the data on revocation, and rebuild after losing
 //! a server.
 
@@ -166,24 +166,23 @@ fn main() {
     // Servers sized for the largest footprint (mirror:2 or parity over 2 servers: 1x per server).
     let cap = bytes + bytes / 4 + (64 << 20);
     let servers: Vec<Server> = (0..5).map(|n| start_server(&dir, n, cap)).collect();
-    // The machine may be shared: the raw reference is measured again right before each row,
-    // and every figure (raw and pool alike) is the best of REPEAT runs, so a burst of foreign
-    // load hits a row's reference and its measurement alike.
+    // The machine may be shared with other work. Each row therefore interleaves REPEAT rounds of
+    // (raw TCP, pool write, pool read) over the same bytes and reports the median of the
+    // per-round ratios: a burst of foreign load hits a round's reference and its measurement
+    // alike, instead of skewing a reference taken once at the start.
     let repeat: usize = std::env::var("RMEM_BENCH_REPEAT")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(2);
-    let best =
-        |f: &mut dyn FnMut() -> Duration| (0..repeat.max(1)).map(|_| f()).min().unwrap_or_default();
-    let raw = best(&mut || raw_tcp(&data));
-    let raw_g = gbps(bytes, raw);
+        .unwrap_or(3)
+        .max(1);
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let raw_g = median((0..repeat).map(|_| gbps(bytes, raw_tcp(&data))).collect());
+    println!("\nraw TCP single stream: {raw_g:.2} GB/s (median of {repeat})");
     println!(
-        "\nraw TCP single stream: {:.2} GB/s ({:.0} ms), best of {repeat}",
-        raw_g,
-        raw.as_secs_f64() * 1e3
-    );
-    println!(
-        "\n{:<10} {:>3} {:>5} {:>9} {:>10} {:>7} {:>10} {:>7}",
+        "\n{:<10} {:>3} {:>5} {:>9} {:>10} {:>7} {:>10} {:>7}   (medians of {repeat} rounds)",
         "mode", "srv", "aead", "raw GB/s", "write GB/s", "x raw", "read GB/s", "x raw"
     );
     let modes: Vec<(&str, Vec<usize>)> = vec![
@@ -203,33 +202,30 @@ fn main() {
                 let srv: Vec<&Server> = servers[..n].iter().collect();
                 let mut pool = Pool::connect(pool_cfg(&srv, mode.parse().expect("mode"), enc))
                     .expect("connect");
-                let raw_row = gbps(bytes, best(&mut || raw_tcp(&data)));
-                // Each repetition writes a new generation; the previous one is freed first (outside
-                // the timed part) so capacity suffices.
-                let mut prev: Option<u64> = None;
-                let mut w = Duration::MAX;
-                for _ in 0..repeat.max(1) {
-                    if let Some(p) = prev.take() {
-                        pool.free_generation(p).expect("free");
-                    }
-                    w = w.min(write_gen(&mut pool, g, &data));
-                    prev = Some(g);
+                let (mut raw, mut w, mut r, mut wx, mut rx) =
+                    (vec![], vec![], vec![], vec![], vec![]);
+                for _ in 0..repeat {
+                    let rg = gbps(bytes, raw_tcp(&data));
+                    let wg = gbps(bytes, write_gen(&mut pool, g, &data));
+                    let dg = gbps(bytes, read_gen(&mut pool, g, bytes));
+                    pool.free_generation(g).expect("free");
                     g += 1;
+                    raw.push(rg);
+                    w.push(wg);
+                    r.push(dg);
+                    wx.push(wg / rg);
+                    rx.push(dg / rg);
                 }
-                let last = prev.expect("written");
-                let r = best(&mut || read_gen(&mut pool, last, bytes));
-                pool.free_generation(last).expect("free");
-                let (wg, rg) = (gbps(bytes, w), gbps(bytes, r));
                 println!(
                     "{:<10} {:>3} {:>5} {:>9.2} {:>10.2} {:>7.2} {:>10.2} {:>7.2}",
                     mode,
                     n,
                     if enc { "yes" } else { "no" },
-                    raw_row,
-                    wg,
-                    wg / raw_row,
-                    rg,
-                    rg / raw_row
+                    median(raw),
+                    median(w),
+                    median(wx),
+                    median(r),
+                    median(rx)
                 );
             }
         }
@@ -248,6 +244,7 @@ fn main() {
             .output()
             .expect("revoke");
         assert!(out.status.success());
+        let raw_here = gbps(bytes, raw_tcp(&data));
         let t = Instant::now();
         let rep = pool.maintain();
         let d = t.elapsed();
@@ -260,7 +257,7 @@ fn main() {
             mib,
             d.as_secs_f64() * 1e3,
             gbps(bytes, d),
-            gbps(bytes, d) / raw_g
+            gbps(bytes, d) / raw_here
         );
         read_gen(&mut pool, g, bytes);
         pool.free_generation(g).expect("free");
@@ -276,6 +273,7 @@ fn main() {
         write_gen(&mut pool, g, &data);
         let victim = servers.remove(2);
         drop(victim);
+        let raw_here = gbps(bytes, raw_tcp(&data));
         let t = Instant::now();
         let rep = pool.maintain();
         let d = t.elapsed();
@@ -285,7 +283,7 @@ fn main() {
             rep.shards_rebuilt,
             d.as_secs_f64() * 1e3,
             gbps(bytes, d),
-            gbps(bytes, d) / raw_g
+            gbps(bytes, d) / raw_here
         );
         read_gen(&mut pool, g, bytes);
     }
