@@ -49,6 +49,11 @@ pub trait Backend: std::fmt::Debug + Send {
     /// Queues a read; its result comes from the matching [`Backend::recv_get`], in order.
     fn send_get(&mut self, generation: u64, key: u64) -> BResult<()>;
     fn recv_get(&mut self) -> BResult<Vec<u8>>;
+    /// Pushes queued requests onto the wire now (they may sit in a buffer until the first
+    /// `recv_get` otherwise, and then the servers of a batch would start one after another).
+    fn flush_requests(&mut self) -> BResult<()> {
+        Ok(())
+    }
     /// Makes a manifest the committed state of a generation on this backend (atomic).
     fn commit(&mut self, generation: u64, manifest: &[u8]) -> BResult<()>;
     fn manifest(&mut self, generation: u64) -> BResult<Vec<u8>>;

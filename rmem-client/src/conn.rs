@@ -451,6 +451,10 @@ impl Backend for Conn {
             .map(|_| ())
     }
 
+    fn flush_requests(&mut self) -> BResult<()> {
+        self.flush()
+    }
+
     fn recv_get(&mut self) -> BResult<Vec<u8>> {
         self.recv_get_crc().map(|(d, _)| d)
     }

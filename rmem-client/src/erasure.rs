@@ -149,7 +149,7 @@ pub fn encode(
         Code::None => Ok(Vec::new()),
         Code::Copy => Ok((0..m).map(|_| data[0].to_vec()).collect()),
         Code::Xor => {
-            let mut p = vec![0u8; len];
+            let mut p = crate::bufpool::take_zeroed(len);
             for d in data {
                 xor_into(&mut p[..d.len()], d);
             }

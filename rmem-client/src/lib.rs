@@ -17,6 +17,7 @@
 
 pub mod auth;
 pub mod backend;
+pub mod bufpool;
 pub mod conn;
 pub mod crypto;
 pub mod disk;

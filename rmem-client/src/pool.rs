@@ -963,6 +963,7 @@ impl Pool {
             }
         }
         let mut got = HashMap::new();
+        self.flush_requests(&order);
         for (h, s, j) in order {
             let r = match self.backend(h) {
                 Some(b) => b.recv_get_crc(),
@@ -979,6 +980,17 @@ impl Pool {
             }
         }
         got
+    }
+
+    /// Puts every backend's queued reads on the wire before the first answer is awaited.
+    fn flush_requests(&mut self, order: &[(Handle, usize, usize)]) {
+        let hs: BTreeSet<Handle> = order.iter().map(|x| x.0).collect();
+        for h in hs {
+            let r = self.backend(h).map(|b| b.flush_requests());
+            if let Some(Err(e)) = r {
+                self.note_error(h, &e);
+            }
+        }
     }
 
     /// A target for a moved shard: a usable server not already holding a shard of the stripe,
@@ -1142,6 +1154,7 @@ impl Pool {
                 }
             }
         }
+        self.flush_requests(&order);
         for (h, s, j) in order {
             let r = match self.backend(h) {
                 Some(b) => b.recv_get_crc(),
@@ -1960,10 +1973,11 @@ impl GenReader<'_> {
         while s0 < ns {
             let s1 = (s0 + READ_BATCH).min(ns);
             for (s, r) in (s0..s1).zip(self.stripes(s0..s1)) {
-                for (j, chunk) in r?.iter().enumerate() {
+                for (j, chunk) in r?.into_iter().enumerate() {
                     for e in &by_chunk[s * k + j] {
                         f(e.addr, &chunk[e.off as usize..(e.off + e.len) as usize])?;
                     }
+                    crate::bufpool::give(chunk);
                 }
             }
             s0 = s1;

@@ -291,7 +291,7 @@ pub fn read_frame<R: Read>(r: &mut R) -> Result<Frame, ProtoError> {
     let h = FrameHeader::check(&hb)?;
     let op = Op::from_u16(h.op.get()).ok_or(ProtoError::UnknownOp(h.op.get()))?;
     let len = h.len.get();
-    let mut payload = vec![0u8; len as usize];
+    let mut payload = crate::bufpool::take(len as usize);
     r.read_exact(&mut payload).map_err(|e| {
         if e.kind() == io::ErrorKind::UnexpectedEof {
             ProtoError::Closed

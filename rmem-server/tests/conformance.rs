@@ -14,6 +14,7 @@ use rmem_client::{Location, PoolError, Psk};
 
 /// The pool-level contract every redundancy mode must meet.
 fn conformance(nservers: usize, red: &str, encrypted: bool) {
+    init_log();
     let srv = servers(nservers, "64M");
     let mut pool = connect(&srv, red, encrypted);
     assert!(pool.latest_committed().is_none());
