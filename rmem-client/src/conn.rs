@@ -8,7 +8,7 @@
 //! acknowledgements, which keeps both sides' buffers bounded and avoids a write/write deadlock.
 
 use std::collections::VecDeque;
-use std::io::{BufReader, BufWriter, Write};
+use std::io::{BufReader, BufWriter, IoSlice, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
@@ -18,6 +18,21 @@ use crate::proto::{
     self, Challenge, ErrorCode, Frame, GenEntry, HEADER_LEN, Hello, InstanceId, LendState,
     NONCE_LEN, Op, PoolId, Status,
 };
+
+/// Writes every slice, header and bulk data together: one `writev` instead of a tiny segment
+/// for the header followed by the payload.
+fn write_all_vectored<W: Write>(w: &mut W, mut bufs: &mut [IoSlice<'_>]) -> std::io::Result<()> {
+    IoSlice::advance_slices(&mut bufs, 0);
+    while !bufs.is_empty() {
+        match w.write_vectored(bufs) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut bufs, n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
 
 /// How to reach and authenticate to one server.
 #[derive(Debug, Clone)]
@@ -96,8 +111,10 @@ impl Conn {
         // Large buffers let a whole shard sit in the kernel while we move on to the next server.
         let _ = sock.set_send_buffer_size(4 << 20);
         let _ = sock.set_recv_buffer_size(4 << 20);
-        let r = BufReader::with_capacity(64 << 10, s.try_clone().map_err(|e| down(e.to_string()))?);
-        let w = BufWriter::with_capacity(64 << 10, s);
+        // Small buffers: they batch headers and acknowledgements; bulk payloads bypass them
+        // (a large buffer would only add a copy of whatever part of a payload it happened to hold).
+        let r = BufReader::with_capacity(16 << 10, s.try_clone().map_err(|e| down(e.to_string()))?);
+        let w = BufWriter::with_capacity(16 << 10, s);
         let mut c = Conn {
             addr: addr.to_string(),
             w,
@@ -273,11 +290,11 @@ impl Conn {
             None => self.write(op, req, parts)?,
             Some(crc) => {
                 let len = parts.iter().map(|p| p.len()).sum();
-                let h = proto::FrameHeader::with_crc(op, req, len, crc);
-                let mut r = self.w.write_all(&h.to_bytes());
-                for p in parts {
-                    r = r.and_then(|()| self.w.write_all(p));
-                }
+                let h = proto::FrameHeader::with_crc(op, req, len, crc).to_bytes();
+                let mut bufs: Vec<IoSlice<'_>> = Vec::with_capacity(parts.len() + 1);
+                bufs.push(IoSlice::new(&h));
+                bufs.extend(parts.iter().map(|p| IoSlice::new(p)));
+                let r = write_all_vectored(&mut self.w, &mut bufs);
                 r.map_err(|e| self.fail(format!("write: {e}")))?;
             }
         }

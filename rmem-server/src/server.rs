@@ -462,7 +462,9 @@ fn handle(sh: Arc<Shared>, stream: TcpStream, peer: &str) {
             return;
         }
     };
-    let mut reader = BufReader::with_capacity(256 << 10, stream);
+    // Small: bulk payloads are read straight into the connection's buffer; whatever part of a
+    // payload this buffer happens to hold is copied once more.
+    let mut reader = BufReader::with_capacity(16 << 10, stream);
     // Reserve a client slot before the handshake so that concurrent connections cannot all pass
     // the --max-clients check.
     if sh.counters.clients.fetch_add(1, Ordering::SeqCst) as usize >= sh.cfg.max_clients {
