@@ -182,8 +182,19 @@ fn main() {
     let raw_g = median((0..repeat).map(|_| gbps(bytes, raw_tcp(&data))).collect());
     println!("\nraw TCP single stream: {raw_g:.2} GB/s (median of {repeat})");
     println!(
-        "\n{:<10} {:>3} {:>5} {:>9} {:>10} {:>7} {:>10} {:>7}   (medians of {repeat} rounds)",
-        "mode", "srv", "aead", "raw GB/s", "write GB/s", "x raw", "read GB/s", "x raw"
+        "\n{:<10} {:>3} {:>5} {:>9} {:>10} {:>7} {:>10} {:>10} {:>7}   (medians of {repeat} rounds)",
+        "mode",
+        "srv",
+        "aead",
+        "raw GB/s",
+        "write GB/s",
+        "x raw",
+        "wire x raw",
+        "read GB/s",
+        "x raw"
+    );
+    println!(
+        "(write and read count the caller's bytes; `wire x raw` counts every shard sent: (k+m)/k times more)"
     );
     let modes: Vec<(&str, Vec<usize>)> = vec![
         ("none", vec![1, 2, 3, 4]),
@@ -216,14 +227,19 @@ fn main() {
                     wx.push(wg / rg);
                     rx.push(dg / rg);
                 }
+                let red: Redundancy = mode.parse().expect("mode");
+                let (_, k, m) = rmem_client::erasure::geometry(red, n).expect("geometry");
+                let wire = (k + m) as f64 / k as f64;
+                let wxm = median(wx);
                 println!(
-                    "{:<10} {:>3} {:>5} {:>9.2} {:>10.2} {:>7.2} {:>10.2} {:>7.2}",
+                    "{:<10} {:>3} {:>5} {:>9.2} {:>10.2} {:>7.2} {:>10.2} {:>10.2} {:>7.2}",
                     mode,
                     n,
                     if enc { "yes" } else { "no" },
                     median(raw),
                     median(w),
-                    median(wx),
+                    wxm,
+                    wxm * wire,
                     median(r),
                     median(rx)
                 );
