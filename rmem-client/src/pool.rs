@@ -820,10 +820,18 @@ impl Pool {
             })
             .collect();
         // Batches keep the reads pipelined (no round trip per shard) and memory bounded.
-        for batch in todo.chunks(RELOCATE_BATCH) {
+        // Reads of the next batch are on the wire while this batch is written to its new
+        // places: the source servers and the destinations work at the same time.
+        let batches: Vec<&[(usize, usize)]> = todo.chunks(RELOCATE_BATCH).collect();
+        let mut inflight = match batches.first() {
+            Some(b) => self.send_gets(&man, disk_as, b),
+            None => Vec::new(),
+        };
+        for (bi, batch) in batches.iter().enumerate() {
             // Content: straight from the revoking server while it still serves reads...
-            let mut got = self.fetch_pipelined(&man, disk_as, batch);
-            // ...else reconstructed from the rest of the stripe, fetched pipelined too.
+            let mut got = self.recv_gets(&man, std::mem::take(&mut inflight));
+            // ...else reconstructed from the rest of the stripe (nothing is in flight here, so
+            // the synchronous reads of the degraded path are safe).
             let missing: Vec<(usize, usize)> = batch
                 .iter()
                 .copied()
@@ -846,46 +854,23 @@ impl Pool {
                     }
                 }
             }
-            for &(s, j) in batch {
-                let Some(data) = got.remove(&(s, j)) else {
-                    continue;
-                };
-                let used: Vec<Handle> = man.stripes[s]
-                    .iter()
-                    .filter(|l| l.target != LOST)
-                    .filter_map(|l| self.resolve(&man.targets[l.target as usize], disk_as))
-                    .collect();
-                let dest = self
-                    .pick_destination(&used, from, data.len() as u64)
-                    .ok_or_else(|| {
-                        PoolError::NoSpare(format!(
-                            "shard {j} of stripe {s} of generation {generation}"
-                        ))
-                    })?;
-                let crc = crc32c::crc32c(&data);
-                let r = match self.backend(dest) {
-                    Some(b) => b.put_crc(generation, shard_key(s, j), &data, crc),
-                    None => continue,
-                };
-                if let Err(e) = r {
-                    self.note_error(dest, &e);
-                    return Err(e.into());
-                }
-                touched.insert(dest);
-                let tref = self.target_ref(dest);
-                let idx = match man.targets.iter().position(|t| *t == tref) {
-                    Some(x) => x,
-                    None => {
-                        man.targets.push(tref);
-                        man.targets.len() - 1
-                    }
-                };
-                man.stripes[s][j] = ShardLoc {
-                    target: idx as u16,
-                    len: data.len() as u32,
-                    crc,
-                };
-                moved += 1;
+            if let Some(next) = batches.get(bi + 1) {
+                inflight = self.send_gets(&man, disk_as, next);
+            }
+            if let Err(e) = self.place_moved(
+                &mut man,
+                disk_as,
+                from,
+                generation,
+                batch,
+                &mut got,
+                &mut touched,
+                &mut moved,
+            ) {
+                // Leave no read in flight on the connections before giving up.
+                let pending = std::mem::take(&mut inflight);
+                self.recv_gets(&man, pending);
+                return Err(e);
             }
         }
         if moved == 0 {
@@ -944,6 +929,19 @@ impl Pool {
         disk_as: Handle,
         wanted: &[(usize, usize)],
     ) -> HashMap<(usize, usize), Vec<u8>> {
+        let order = self.send_gets(man, disk_as, wanted);
+        self.recv_gets(man, order)
+    }
+
+    /// First half of [`Pool::fetch_pipelined`]: queues the reads and puts them on the wire.
+    /// Every call must be followed by [`Pool::recv_gets`] with the returned order before any
+    /// synchronous request on those connections.
+    fn send_gets(
+        &mut self,
+        man: &Manifest,
+        disk_as: Handle,
+        wanted: &[(usize, usize)],
+    ) -> Vec<(Handle, usize, usize)> {
         let mut order = Vec::new();
         for &(s, j) in wanted {
             let l = man.stripes[s][j];
@@ -962,8 +960,17 @@ impl Pool {
                 None => {}
             }
         }
-        let mut got = HashMap::new();
         self.flush_requests(&order);
+        order
+    }
+
+    /// Second half of [`Pool::fetch_pipelined`]: collects the answers, keeping intact shards.
+    fn recv_gets(
+        &mut self,
+        man: &Manifest,
+        order: Vec<(Handle, usize, usize)>,
+    ) -> HashMap<(usize, usize), Vec<u8>> {
+        let mut got = HashMap::new();
         for (h, s, j) in order {
             let r = match self.backend(h) {
                 Some(b) => b.recv_get_crc(),
@@ -991,6 +998,63 @@ impl Pool {
                 self.note_error(h, &e);
             }
         }
+    }
+
+    /// Writes fetched shards of one batch to their new places and updates the manifest.
+    #[allow(clippy::too_many_arguments)] // the relocation's state, threaded through one step
+    fn place_moved(
+        &mut self,
+        man: &mut Manifest,
+        disk_as: Handle,
+        from: Option<usize>,
+        generation: u64,
+        batch: &[(usize, usize)],
+        got: &mut HashMap<(usize, usize), Vec<u8>>,
+        touched: &mut BTreeSet<Handle>,
+        moved: &mut usize,
+    ) -> Result<()> {
+        for &(s, j) in batch {
+            let Some(data) = got.remove(&(s, j)) else {
+                continue;
+            };
+            let used: Vec<Handle> = man.stripes[s]
+                .iter()
+                .filter(|l| l.target != LOST)
+                .filter_map(|l| self.resolve(&man.targets[l.target as usize], disk_as))
+                .collect();
+            let dest = self
+                .pick_destination(&used, from, data.len() as u64)
+                .ok_or_else(|| {
+                    PoolError::NoSpare(format!(
+                        "shard {j} of stripe {s} of generation {generation}"
+                    ))
+                })?;
+            let crc = crc32c::crc32c(&data);
+            let r = match self.backend(dest) {
+                Some(b) => b.put_crc(generation, shard_key(s, j), &data, crc),
+                None => continue,
+            };
+            if let Err(e) = r {
+                self.note_error(dest, &e);
+                return Err(e.into());
+            }
+            touched.insert(dest);
+            let tref = self.target_ref(dest);
+            let idx = match man.targets.iter().position(|t| *t == tref) {
+                Some(x) => x,
+                None => {
+                    man.targets.push(tref);
+                    man.targets.len() - 1
+                }
+            };
+            man.stripes[s][j] = ShardLoc {
+                target: idx as u16,
+                len: data.len() as u32,
+                crc,
+            };
+            *moved += 1;
+        }
+        Ok(())
     }
 
     /// A target for a moved shard: a usable server not already holding a shard of the stripe,
