@@ -859,6 +859,7 @@ impl Pool {
             }
             if let Err(e) = self.place_moved(
                 &mut man,
+                &missing,
                 disk_as,
                 from,
                 generation,
@@ -1005,6 +1006,7 @@ impl Pool {
     fn place_moved(
         &mut self,
         man: &mut Manifest,
+        rebuilt: &[(usize, usize)],
         disk_as: Handle,
         from: Option<usize>,
         generation: u64,
@@ -1029,11 +1031,20 @@ impl Pool {
                         "shard {j} of stripe {s} of generation {generation}"
                     ))
                 })?;
-            let crc = crc32c::crc32c(&data);
+            // A shard read as is was checked against the manifest's CRC on arrival; only a
+            // reconstructed one needs checksumming.
+            let crc = if rebuilt.contains(&(s, j)) {
+                crc32c::crc32c(&data)
+            } else {
+                man.stripes[s][j].crc
+            };
             let r = match self.backend(dest) {
                 Some(b) => b.put_crc(generation, shard_key(s, j), &data, crc),
                 None => continue,
             };
+            // The put copied the bytes into the socket: the buffer can serve the next read.
+            let len = data.len();
+            crate::bufpool::give(data);
             if let Err(e) = r {
                 self.note_error(dest, &e);
                 return Err(e.into());
@@ -1049,7 +1060,7 @@ impl Pool {
             };
             man.stripes[s][j] = ShardLoc {
                 target: idx as u16,
-                len: data.len() as u32,
+                len: len as u32,
                 crc,
             };
             *moved += 1;
