@@ -353,16 +353,15 @@ impl Pool {
                 .is_some_and(|s| s.state != LendState::Lending)
     }
 
-    /// Servers a new generation (or moved data) may go to, most free memory first.
+    /// Servers a new generation (or moved data) may go to, in configuration order (placement stays
+    /// predictable; `pick_destination` prefers free memory itself).
     fn usable_servers(&self) -> Vec<usize> {
         let mut v: Vec<usize> = self
             .live_servers()
             .into_iter()
             .filter(|&i| !self.slots[i].evacuated && !self.revoking(i))
             .collect();
-        // Keep configuration order among equals so placement is predictable.
-        v.sort_by_key(|&i| std::cmp::Reverse(self.slots[i].status.map_or(0, |s| s.free())));
-        v.sort_by_key(|&i| i);
+        v.sort_unstable();
         v
     }
 
