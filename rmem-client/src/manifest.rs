@@ -429,3 +429,83 @@ mod tests {
         ));
     }
 }
+
+#[cfg(test)]
+mod robustness {
+    use super::*;
+    use crate::crypto::Encryption;
+
+    /// Random corruption of a plaintext manifest (whose CRC is recomputed, as a lying server
+    /// would) must give an error or a valid manifest, never a panic or an oversized allocation.
+    #[test]
+    fn mutated_manifests_never_panic() {
+        let s = Sealer::new(&Encryption::Plaintext, [1; 16]);
+        let base = Manifest {
+            pool: [1; 16],
+            generation: 3,
+            version: 1,
+            salt: 9,
+            code: Code::Xor,
+            k: 2,
+            m: 1,
+            chunk_size: 100,
+            chunk_lens: vec![100, 100, 30],
+            targets: vec![TargetRef::Disk],
+            stripes: vec![
+                vec![
+                    ShardLoc {
+                        target: 0,
+                        len: 100,
+                        crc: 1
+                    };
+                    3
+                ];
+                2
+            ],
+            extents: vec![
+                Extent {
+                    addr: 0,
+                    len: 100,
+                    chunk: 0,
+                    off: 0,
+                },
+                Extent {
+                    addr: 100,
+                    len: 30,
+                    chunk: 2,
+                    off: 0,
+                },
+            ],
+            user: vec![5; 40],
+        };
+        let blob = base.seal(&s).unwrap();
+        let mut x = 0x2545_F491_4F6C_DD1Du64;
+        let mut rnd = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..20_000 {
+            let mut b = blob.clone();
+            for _ in 0..1 + rnd() % 4 {
+                let i = (rnd() as usize) % (b.len() - 4);
+                b[i] = rnd() as u8;
+            }
+            if rnd() % 8 == 0 {
+                let cut = (rnd() as usize) % b.len();
+                b.truncate(cut.max(4));
+            }
+            let n = b.len();
+            let crc = crc32c::crc32c(&b[..n - 4]);
+            b[n - 4..].copy_from_slice(&crc.to_le_bytes());
+            if let Ok(m) = Manifest::open(&b, &s, &[1; 16], 3) {
+                // Whatever decodes is internally consistent.
+                assert_eq!(m.stripes.len(), m.chunk_lens.len().div_ceil(m.k as usize));
+                for e in &m.extents {
+                    assert!(e.off as u64 + e.len as u64 <= m.chunk_lens[e.chunk as usize] as u64);
+                }
+            }
+        }
+    }
+}

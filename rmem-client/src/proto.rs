@@ -638,3 +638,51 @@ mod tests {
         assert!(decode_gens(&[255, 255, 255, 255]).is_err());
     }
 }
+
+#[cfg(test)]
+mod robustness {
+    use super::*;
+
+    /// Random byte streams and mutated valid frames: errors, never panics, never a payload
+    /// allocation beyond the limit.
+    #[test]
+    fn random_input_never_panics() {
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let mut rnd = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut valid = Vec::new();
+        write_frame(&mut valid, Op::Put, 5, &[&[7u8; 300]]).unwrap();
+        for _ in 0..20_000 {
+            let mut b = if rnd() % 2 == 0 {
+                (0..(rnd() % 200) as usize)
+                    .map(|_| rnd() as u8)
+                    .collect::<Vec<u8>>()
+            } else {
+                let mut v = valid.clone();
+                let i = (rnd() as usize) % v.len();
+                v[i] = rnd() as u8;
+                v
+            };
+            if rnd() % 4 == 0 {
+                // A header claiming a huge payload with a correct header checksum.
+                let mut h = FrameHeader::new(Op::Data, 1, &[]);
+                h.len = (rnd() as u32).into();
+                h.header_crc = crc32c::crc32c(&h.as_bytes()[..HEADER_LEN - 4]).into();
+                b = h.to_bytes().to_vec();
+            }
+            let _ = read_frame(&mut &b[..]);
+            let mut buf = Vec::new();
+            let _ = read_frame_into(&mut &b[..], &mut buf);
+            assert!(buf.len() <= MAX_PAYLOAD as usize);
+            let _ = Hello::decode(&b);
+            let _ = Challenge::decode(&b);
+            let _ = Status::decode(&b);
+            let _ = decode_gens(&b);
+            let _ = decode_error(&b);
+        }
+    }
+}
