@@ -324,3 +324,74 @@ fn netns_wrong_key_across_hosts() {
     assert!(e.to_string().contains("wrong key"), "{e}");
     wait_until("server logged it", || s.log_text().contains("wrong key"));
 }
+
+#[test]
+fn netns_kill9_during_read_rs() {
+    require_netns!();
+    let net = Net::new(4, "delay 1ms rate 1gbit");
+    let mut srv: Vec<Server> = (0..4).map(|i| net.start_server(i, "32M")).collect();
+    net.enter_client();
+    let mut pool = Pool::connect(cfg(&addrs(4), "rs:2+2")).unwrap();
+    let runs = page_runs(65, 30);
+    write_gen(&mut pool, 1, &runs, b"rs").unwrap();
+    let mut r = pool.read_generation(1).unwrap();
+    let mut n = 0u64;
+    let mut killed = false;
+    r.read_all(|_, b| {
+        if !killed {
+            // Two hosts die mid-read: RS k=2, m=2 still has every stripe.
+            srv[0].kill9();
+            srv[3].kill9();
+            killed = true;
+        }
+        n += b.len() as u64;
+        Ok(())
+    })
+    .expect("RS survives two dead hosts");
+    assert_eq!(n, runs.iter().map(|r| r.1.len() as u64).sum::<u64>());
+}
+
+#[test]
+fn netns_full_host_spills_to_spare_host() {
+    require_netns!();
+    let net = Net::new(2, "delay 1ms rate 1gbit");
+    let _srv = [net.start_server(0, "1M"), net.start_server(1, "32M")];
+    net.enter_client();
+    let mut c = cfg(&addrs(2), "none");
+    c.stripe_width = Some(1);
+    let mut pool = Pool::connect(c).unwrap();
+    let runs = page_runs(66, 40);
+    write_gen(&mut pool, 1, &runs, b"f").expect("the write continues on the spare host");
+    check_gen(&mut pool, 1, &runs, b"f").unwrap();
+}
+
+#[test]
+fn netns_corrupting_proxy_between_hosts() {
+    require_netns!();
+    use common::proxy::{Fault, Proxy};
+    let net = Net::new(2, "delay 1ms rate 1gbit");
+    let _srv: Vec<Server> = (0..2).map(|i| net.start_server(i, "32M")).collect();
+    net.enter_client();
+    // The proxy's threads start in the client namespace (a new thread inherits it).
+    for fault in [
+        Fault::Corrupt,
+        Fault::Forge,
+        Fault::Reorder,
+        Fault::Replay,
+        Fault::Truncate,
+    ] {
+        let proxy = Proxy::start(&Net::server_addr(0), fault, 2);
+        let mut c = cfg(&addrs(2), "mirror:2");
+        c.servers[0] = proxy.addr.clone();
+        c.pool_id = [fault as u8 + 10; 16];
+        let mut pool = Pool::connect(c).unwrap();
+        let runs = page_runs(67, 30);
+        write_gen(&mut pool, 1, &runs, b"p").unwrap();
+        check_gen(&mut pool, 1, &runs, b"p").unwrap_or_else(|e| panic!("{fault:?}: {e}"));
+        assert_eq!(
+            proxy.fired.load(Ordering::SeqCst),
+            1,
+            "{fault:?} never fired"
+        );
+    }
+}
