@@ -175,6 +175,8 @@ pub struct MaintainReport {
     pub evacuated_servers: usize,
     pub shards_moved: usize,
     pub shards_rebuilt: usize,
+    /// Generations moved from local disk back to remote memory.
+    pub returned_to_remote: usize,
     pub flushed: usize,
     pub errors: Vec<String>,
 }
@@ -372,8 +374,9 @@ impl Pool {
         }
     }
 
-    /// Starts writing generation `generation`.
-    pub fn begin_generation(&mut self, generation: u64) -> Result<GenWriter<'_>> {
+    /// Where a new generation goes: the first `stripe_width` usable servers with the pool's
+    /// redundancy, or the local disk when remote capacity is short (or too few servers are up).
+    fn choose_targets(&mut self, generation: u64) -> Result<(Code, usize, usize, Vec<Handle>)> {
         self.refresh();
         let usable = self.usable_servers();
         let width = self
@@ -397,7 +400,7 @@ impl Pool {
         };
         let (code, k, m, targets) = match to_disk {
             Some(reason) => {
-                tracing::warn!(generation, %reason, "writing this generation to local disk");
+                tracing::debug!(generation, %reason, "this generation would go to local disk");
                 (Code::None, 1, 0, vec![Handle::Disk])
             }
             None => {
@@ -405,6 +408,18 @@ impl Pool {
                 (c, k, m, chosen.iter().map(|&i| Handle::Server(i)).collect())
             }
         };
+        Ok((code, k, m, targets))
+    }
+
+    /// Starts writing generation `generation`.
+    pub fn begin_generation(&mut self, generation: u64) -> Result<GenWriter<'_>> {
+        let (code, k, m, targets) = self.choose_targets(generation)?;
+        if targets == [Handle::Disk] {
+            tracing::warn!(
+                generation,
+                "remote memory short: writing this generation to local disk"
+            );
+        }
         // Fresh slots: leftovers of an interrupted earlier attempt at this generation go first; a
         // committed generation is never overwritten.
         for &h in &targets {
@@ -454,6 +469,7 @@ impl Pool {
             extents: Vec::new(),
             stream_pos: 0,
             done: false,
+            version: 1,
         })
     }
 
@@ -696,7 +712,79 @@ impl Pool {
             Ok(n) => rep.shards_rebuilt = n,
             Err(e) => rep.errors.push(format!("rebuild: {e}")),
         }
+        match self.return_to_remote() {
+            Ok(n) => rep.returned_to_remote = n,
+            Err(e) => rep.errors.push(format!("return to remote memory: {e}")),
+        }
         rep
+    }
+
+    /// Moves generations that were written to local disk (remote capacity was short) back into
+    /// remote memory, with the pool's redundancy, once capacity allows (the paper's remote memory
+    /// layer does the same). The sealed chunks are copied as they are (same salt, same chunk
+    /// numbers), restriped, and committed as a newer manifest version before the disk copy goes.
+    /// Returns how many generations moved.
+    pub fn return_to_remote(&mut self) -> Result<usize> {
+        let Some(disk) = self.disk.as_mut() else {
+            return Ok(0);
+        };
+        let gens: Vec<u64> = disk
+            .list()?
+            .iter()
+            .filter(|e| e.committed)
+            .map(|e| e.generation)
+            .collect();
+        let mut n = 0;
+        for g in gens {
+            let (man, disk_as, _) = self.load_manifest(g)?;
+            if disk_as != Handle::Disk {
+                // A newer manifest elsewhere: a completed return whose disk copy was not yet
+                // freed (a crash in between) when that manifest no longer uses the disk.
+                if !man.targets.contains(&TargetRef::Disk)
+                    && let Some(d) = self.disk.as_mut()
+                {
+                    d.free(g)?;
+                }
+                continue;
+            }
+            if man.targets.iter().any(|t| *t != TargetRef::Disk) {
+                continue;
+            }
+            if self.choose_targets(g)?.3 == [Handle::Disk] {
+                // Still short of remote capacity: nothing to do yet.
+                return Ok(n);
+            }
+            let mut w = self.begin_generation(g)?;
+            w.salt = man.salt;
+            w.version = man.version + 1;
+            for (i, &plain_len) in man.chunk_lens.iter().enumerate() {
+                let (s, j) = (i / man.k as usize, i % man.k as usize);
+                let l = man.stripes[s][j];
+                let data = match w.pool.disk.as_mut() {
+                    Some(d) => d.get(g, shard_key(s, j))?,
+                    None => return Err(PoolError::Config("no local_dir".into())),
+                };
+                if data.len() != l.len as usize || crc32c::crc32c(&data) != l.crc {
+                    return Err(PoolError::DataLoss {
+                        generation: g,
+                        detail: format!("chunk {i} on local disk failed its checksum"),
+                    });
+                }
+                w.push_sealed(plain_len, data)?;
+            }
+            w.extents = man.extents.clone();
+            w.commit(&man.user)?;
+            if let Some(d) = self.disk.as_mut() {
+                d.free(g)?;
+            }
+            tracing::info!(
+                generation = g,
+                bytes = man.bytes(),
+                "generation moved from local disk back to remote memory"
+            );
+            n += 1;
+        }
+        Ok(n)
     }
 
     /// Frees, on every server, generations committed nowhere and older than the newest committed
@@ -1475,6 +1563,8 @@ pub struct GenWriter<'p> {
     stream_pos: u64,
     /// Committed or already cleaned up: nothing for `Drop` to do.
     done: bool,
+    /// Version of the manifest this writer commits (above 1 when it replaces a placement).
+    version: u32,
 }
 
 impl GenWriter<'_> {
@@ -1514,6 +1604,17 @@ impl GenWriter<'_> {
             if self.chunk.len() == self.chunk_size {
                 self.seal_chunk()?;
             }
+        }
+        Ok(())
+    }
+
+    /// Adds a chunk that is already sealed (moving a generation without decrypting it).
+    fn push_sealed(&mut self, plain_len: u32, sealed: Vec<u8>) -> Result<()> {
+        self.chunk_lens.push(plain_len);
+        self.nchunks += 1;
+        self.pending.push(sealed);
+        if self.pending.len() == self.k {
+            self.write_stripe()?;
         }
         Ok(())
     }
@@ -1804,7 +1905,7 @@ impl GenWriter<'_> {
         let man = Manifest {
             pool: self.pool.cfg.pool_id,
             generation: self.generation,
-            version: 1,
+            version: self.version,
             salt: self.salt,
             code: self.code,
             k: self.k as u8,
@@ -1853,7 +1954,7 @@ impl GenWriter<'_> {
             bytes: man.bytes(),
             location,
             degraded,
-            manifest_version: 1,
+            manifest_version: self.version,
         };
         if degraded {
             tracing::warn!(

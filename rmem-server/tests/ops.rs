@@ -180,6 +180,27 @@ fn below_capacity_threshold_writes_go_to_disk_and_come_back() {
         pool.latest_committed().map(|i| (i.generation, i.location)),
         Some((2, Location::Remote))
     );
+    // The generation written to disk moves back into remote memory, with the pool's redundancy.
+    let rep = pool.maintain();
+    assert_eq!(rep.returned_to_remote, 1, "{rep:?}");
+    let info = pool.info(1).unwrap();
+    assert_eq!(
+        (info.location, info.degraded, info.manifest_version),
+        (Location::Remote, false, 2)
+    );
+    check_gen(&mut pool, 1, &runs, b"d").unwrap();
+    let live = dir
+        .path()
+        .join("live")
+        .join(rmem_client::auth::encode_hex(&[7; 16]));
+    assert!(
+        !live.join("g0000000000000001").exists(),
+        "the disk copy is gone"
+    );
+    // Mirrored now: one server may go.
+    let mut srv = srv;
+    srv[0].kill9();
+    check_gen(&mut pool, 1, &runs, b"d").unwrap();
 }
 
 #[test]
