@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use rmem_client::auth::Psk;
 
 mod admin;
+mod fault;
 mod monitor;
 mod server;
 mod store;

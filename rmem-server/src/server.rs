@@ -679,6 +679,9 @@ fn request_loop(
         let mut cur = Cursor::new(f.payload, "request");
         match f.op {
             Op::Put => {
+                if crate::fault::hit("crash-at-put") {
+                    std::process::abort();
+                }
                 let (generation, key) = (
                     cur.u64().map_err(ConnEnd::Bad)?,
                     cur.u64().map_err(ConnEnd::Bad)?,
@@ -714,7 +717,19 @@ fn request_loop(
                     cur.u64().map_err(ConnEnd::Bad)?,
                 );
                 cur.finish().map_err(ConnEnd::Bad)?;
+                if crate::fault::hit("stall-get") {
+                    // A hung peer: keep the connection open, answer nothing.
+                    loop {
+                        std::thread::sleep(Duration::from_secs(3600));
+                    }
+                }
                 let got = lock(&sh.store).get_into(pool, generation, key, &mut outbuf);
+                if let Some(b) = outbuf
+                    .first_mut()
+                    .filter(|_| got.is_some() && crate::fault::hit("corrupt-get"))
+                {
+                    *b ^= 0x20;
+                }
                 match got {
                     Some(crc) => send_crc(w, Op::Data, req, &outbuf, crc, c)
                         .map_err(|e| ConnEnd::Io(e.to_string()))?,
@@ -739,6 +754,9 @@ fn request_loop(
                     continue;
                 }
                 let res = lock(&sh.store).commit(pool, generation, m);
+                if res.is_ok() && crate::fault::hit("crash-at-commit") {
+                    std::process::abort();
+                }
                 match res {
                     Ok(()) => reply(Op::Ok, &[])?,
                     Err(e) => err(ErrorCode::NoSpace, &e.to_string())?,

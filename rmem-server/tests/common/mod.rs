@@ -69,6 +69,11 @@ impl Server {
         Server::start_in(capacity, key, extra, listen, None)
     }
 
+    /// A server with extra environment (e.g. `RMEM_FAULT`).
+    pub fn start_env(capacity: &str, env: &[(&str, &str)]) -> Server {
+        Server::start_full(capacity, KEY, &[], "127.0.0.1:0", None, env)
+    }
+
     /// `wrap` runs the server under a prefix command (e.g. `ip netns exec NS`).
     pub fn start_in(
         capacity: &str,
@@ -76,6 +81,17 @@ impl Server {
         extra: &[&str],
         listen: &str,
         wrap: Option<&[&str]>,
+    ) -> Server {
+        Server::start_full(capacity, key, extra, listen, wrap, &[])
+    }
+
+    fn start_full(
+        capacity: &str,
+        key: &[u8],
+        extra: &[&str],
+        listen: &str,
+        wrap: Option<&[&str]>,
+        env: &[(&str, &str)],
     ) -> Server {
         let dir = TempDir::new("srv");
         let kf = key_file(dir.path(), key);
@@ -102,6 +118,7 @@ impl Server {
             None => Command::new(server_bin()),
         };
         cmd.args(&args)
+            .envs(env.iter().copied())
             .env("RMEM_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).expect("log file"));
