@@ -187,7 +187,9 @@ impl Shared {
                 }
                 Lend::Revoked { .. } if reason != Reason::Shutdown => return,
                 Lend::Revoked { .. } => {
+                    // Nothing lent any more: a shutdown can stop at once.
                     *l = Lend::Revoked { reason };
+                    self.stop.store(true, Ordering::SeqCst);
                     return;
                 }
                 _ => {

@@ -402,3 +402,12 @@ fn abandoned_uncommitted_generations_are_collected() {
     // 2 was abandoned below the newest commit; 4 was aborted by its writer; 5 may be in progress.
     assert_eq!(gens, vec![(1, true), (3, true), (5, false)]);
 }
+
+#[test]
+fn sigterm_on_a_revoked_server_exits_at_once() {
+    let mut s = Server::start("8M");
+    s.admin("revoke --deadline 100ms");
+    wait_until("revoked", || s.admin("state").contains("revoked(admin)"));
+    s.sigterm();
+    assert_eq!(s.wait_exit(Duration::from_secs(10)), Some(0));
+}
