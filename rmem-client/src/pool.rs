@@ -1833,18 +1833,9 @@ impl GenWriter<'_> {
         Ok(())
     }
 
-    /// Commits the generation: waits for every shard's acknowledgement, checks that each stripe is
-    /// still recoverable, then writes the manifest to every target. `user` is the caller's own
-    /// manifest (region table, image header), returned by [`GenReader::user_manifest`].
-    pub fn commit(mut self, user: &[u8]) -> Result<GenInfo> {
-        if !self.chunk.is_empty() {
-            self.seal_chunk()?;
-        }
-        if !self.pending.is_empty() {
-            self.write_stripe()?;
-        }
-        // Wait for every acknowledgement; a target failing now has its unacknowledged shards
-        // placed again elsewhere, which makes that target need a sync in turn.
+    /// Waits for every acknowledgement; a target failing now has its unacknowledged shards
+    /// placed again elsewhere, which makes that target need a sync in turn.
+    fn sync_all(&mut self) {
         loop {
             let mut again = false;
             for t in 0..self.targets.len() {
@@ -1875,6 +1866,85 @@ impl GenWriter<'_> {
             if !again {
                 break;
             }
+        }
+    }
+
+    /// Moves every shard of this generation off target `t` (revoking): its lanes go to spares,
+    /// the shards it stored are read back (it still serves reads) and placed there; any it can no
+    /// longer return count as lost, so the commit check sees them.
+    fn move_off(&mut self, t: usize) {
+        let h = self.targets[t];
+        let e = BackendError::Revoked {
+            target: self.pool.name_of(h),
+            msg: "revoking: moving this generation off it before the commit".into(),
+        };
+        for (s, j, d) in self.fail_target(t, &e) {
+            self.place(s, j, d);
+        }
+        let keys: Vec<(usize, usize)> = self
+            .stripes
+            .iter()
+            .enumerate()
+            .flat_map(|(s, st)| {
+                st.iter()
+                    .enumerate()
+                    .filter(|(_, l)| l.target == t as u16)
+                    .map(move |(j, _)| (s, j))
+            })
+            .collect();
+        let mut fetched: Vec<Option<Vec<u8>>> = Vec::with_capacity(keys.len());
+        if let Some(b) = self.pool.backend(h) {
+            let sent = keys
+                .iter()
+                .all(|&(s, j)| b.send_get(self.generation, shard_key(s, j)).is_ok())
+                && b.flush_requests().is_ok();
+            for &(s, j) in &keys {
+                let l = self.stripes[s][j];
+                let got = if sent { b.recv_get_crc().ok() } else { None };
+                fetched.push(
+                    got.filter(|(d, c)| d.len() == l.len as usize && *c == l.crc)
+                        .map(|(d, _)| d),
+                );
+            }
+        }
+        fetched.resize(keys.len(), None);
+        let mut lost = 0;
+        for ((s, j), d) in keys.into_iter().zip(fetched) {
+            self.stripes[s][j].target = LOST;
+            match d {
+                Some(d) => self.place(s, j, Arc::new(d)),
+                None => lost += 1,
+            }
+        }
+        tracing::info!(generation = self.generation, target = %self.pool.name_of(h), lost, "moved this generation off a revoking server before its commit");
+    }
+
+    /// Commits the generation: waits for every shard's acknowledgement, checks that each stripe is
+    /// still recoverable, then writes the manifest to every target. `user` is the caller's own
+    /// manifest (region table, image header), returned by [`GenReader::user_manifest`].
+    pub fn commit(mut self, user: &[u8]) -> Result<GenInfo> {
+        if !self.chunk.is_empty() {
+            self.seal_chunk()?;
+        }
+        if !self.pending.is_empty() {
+            self.write_stripe()?;
+        }
+        self.sync_all();
+        // Targets that started revoking during the write: move this generation's shards off them
+        // now, before the manifest names them, rather than after the commit, when their deadline
+        // may already have taken the data.
+        self.pool.refresh();
+        // (A target that refused puts is already marked failed, but still holds the shards it took
+        // before: what counts is whether the manifest would name it.)
+        let revoking: Vec<usize> = (0..self.targets.len())
+            .filter(|&t| self.stripes.iter().flatten().any(|l| l.target == t as u16))
+            .filter(|&t| matches!(self.targets[t], Handle::Server(i) if self.pool.revoking(i)))
+            .collect();
+        if !revoking.is_empty() {
+            for t in revoking {
+                self.move_off(t);
+            }
+            self.sync_all();
         }
         let mut degraded = false;
         for (s, st) in self.stripes.iter().enumerate() {
