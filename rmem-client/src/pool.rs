@@ -289,7 +289,8 @@ impl Pool {
                 if s.conn.take().is_some() {
                     tracing::warn!(server = %s.addr, error = %e, "server down");
                 }
-                s.next_retry = Instant::now() + Duration::from_millis(500);
+                // The first reconnection attempt may come at once; failed ones back off.
+                s.next_retry = Instant::now();
             }
         }
     }
@@ -689,6 +690,9 @@ impl Pool {
     /// One maintenance pass: reconnect, evacuate revoking servers, rebuild lost shards onto
     /// spares. Call it periodically (or use [`spawn_maintainer`]).
     pub fn maintain(&mut self) -> MaintainReport {
+        // Probe first (a server that died since the last call shows up here), reconnect what is
+        // down, then learn the state of the new connections too.
+        self.refresh();
         let mut rep = MaintainReport {
             reconnected: self.reconnect(),
             ..Default::default()

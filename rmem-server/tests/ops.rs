@@ -411,3 +411,26 @@ fn sigterm_on_a_revoked_server_exits_at_once() {
     s.sigterm();
     assert_eq!(s.wait_exit(Duration::from_secs(10)), Some(0));
 }
+
+#[test]
+fn restarted_server_comes_back_empty_and_is_refilled() {
+    let mut srv = servers(3, "16M");
+    let mut pool = connect(&srv, "parity", true);
+    let runs = page_runs(53, 30);
+    write_gen(&mut pool, 1, &runs, b"r").unwrap();
+    // Same address, new process: its memory (and instance id) are new.
+    let addr = srv[1].addr.clone();
+    srv[1].kill9();
+    srv[1] = Server::start_with("16M", KEY, &[], &addr);
+    let rep = pool.maintain();
+    assert_eq!(rep.reconnected, 1, "{rep:?}");
+    assert!(rep.shards_rebuilt > 0, "{rep:?}");
+    assert!(!pool.info(1).unwrap().degraded);
+    assert!(
+        srv[1].metric("used_bytes") > 0,
+        "the restarted server holds rebuilt shards"
+    );
+    // Any one server may go again.
+    srv[2].kill9();
+    check_gen(&mut pool, 1, &runs, b"r").unwrap();
+}
