@@ -434,3 +434,26 @@ fn restarted_server_comes_back_empty_and_is_refilled() {
     srv[2].kill9();
     check_gen(&mut pool, 1, &runs, b"r").unwrap();
 }
+
+fn rss_bytes(s: &Server) -> u64 {
+    let pid = s.child.as_ref().expect("running").id();
+    let st = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    st.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .expect("VmRSS")
+        * 1024
+}
+
+#[test]
+fn lent_memory_is_resident_and_given_back_on_revocation() {
+    let s = Server::start("256M");
+    // Pre-faulted at start: the capacity is resident before any client writes.
+    assert!(rss_bytes(&s) >= 256 << 20, "rss {}", rss_bytes(&s));
+    s.admin("revoke --deadline 100ms");
+    wait_until("revoked", || s.admin("state").contains("revoked(admin)"));
+    // Taken back: the owner gets the memory, not just the server's bookkeeping.
+    wait_until("memory returned to the system", || rss_bytes(&s) < 64 << 20);
+    s.admin("resume");
+    assert!(rss_bytes(&s) >= 256 << 20, "lending again pre-faults again");
+}
