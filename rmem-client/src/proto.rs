@@ -257,31 +257,69 @@ pub fn read_frame_split<R: Read>(
     buf: &mut Vec<u8>,
     split: usize,
 ) -> Result<(Op, u64, usize, u32), ProtoError> {
+    let h = read_header(r)?;
+    let tail = read_payload(r, buf, &h, split)?;
+    Ok((h.op, h.req_id, h.len, tail))
+}
+
+/// A checked frame header: what is known before the payload is read.
+#[derive(Debug, Clone, Copy)]
+pub struct Head {
+    pub op: Op,
+    pub req_id: u64,
+    pub len: usize,
+    pub payload_crc: u32,
+}
+
+/// Reads and checks a frame header (magic, checksum, version, size bound, opcode), so that the
+/// caller can choose where the payload goes.
+pub fn read_header<R: Read>(r: &mut R) -> Result<Head, ProtoError> {
     let mut hb = [0u8; HEADER_LEN];
     read_exact_or_closed(r, &mut hb)?;
     let h = FrameHeader::check(&hb)?;
     let op = Op::from_u16(h.op.get()).ok_or(ProtoError::UnknownOp(h.op.get()))?;
-    let len = h.len.get() as usize;
+    Ok(Head {
+        op,
+        req_id: h.req_id.get(),
+        len: h.len.get() as usize,
+        payload_crc: h.payload_crc.get(),
+    })
+}
+
+/// Reads the payload announced by `h` into `buf` and checks it; returns the CRC32C of the part
+/// from byte `split` on.
+pub fn read_payload<R: Read>(
+    r: &mut R,
+    buf: &mut Vec<u8>,
+    h: &Head,
+    split: usize,
+) -> Result<u32, ProtoError> {
+    let len = h.len;
     if buf.len() < len {
         buf.resize(len, 0);
     }
-    r.read_exact(&mut buf[..len]).map_err(|e| {
+    read_exact_payload(r, &mut buf[..len])?;
+    let cut = split.min(len);
+    let tail = crc32c::crc32c(&buf[cut..len]);
+    let whole = crc32c::crc32c_combine(crc32c::crc32c(&buf[..cut]), tail, len - cut);
+    if whole != h.payload_crc {
+        return Err(ProtoError::PayloadChecksum {
+            op: h.op as u16,
+            len: len as u32,
+        });
+    }
+    Ok(tail)
+}
+
+/// `read_exact` where an early end is a closed connection.
+pub fn read_exact_payload<R: Read>(r: &mut R, buf: &mut [u8]) -> Result<(), ProtoError> {
+    r.read_exact(buf).map_err(|e| {
         if e.kind() == io::ErrorKind::UnexpectedEof {
             ProtoError::Closed
         } else {
             ProtoError::Io(e)
         }
-    })?;
-    let cut = split.min(len);
-    let tail = crc32c::crc32c(&buf[cut..len]);
-    let whole = crc32c::crc32c_combine(crc32c::crc32c(&buf[..cut]), tail, len - cut);
-    if whole != h.payload_crc.get() {
-        return Err(ProtoError::PayloadChecksum {
-            op: h.op.get(),
-            len: len as u32,
-        });
-    }
-    Ok((op, h.req_id.get(), len, tail))
+    })
 }
 
 /// Reads one frame, checking every bound before allocating.

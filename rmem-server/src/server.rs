@@ -5,7 +5,7 @@
 //! so clients pipeline freely; a framing or checksum error closes only that connection.
 
 use std::collections::HashMap;
-use std::io::{BufReader, Write};
+use std::io::{BufReader, IoSliceMut, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -660,8 +660,25 @@ fn request_loop(
     let mut inbuf: Vec<u8> = Vec::new();
     let mut outbuf: Vec<u8> = Vec::new();
     loop {
+        let head = match proto::read_header(r) {
+            Ok(h) => h,
+            Err(ProtoError::Closed) => return Ok(()),
+            Err(e) => return Err(classify(e)),
+        };
+        if head.op == Op::Put && crate::fault::hit("crash-at-put") {
+            std::process::abort();
+        }
+        // The bulk of the traffic: PUT data goes straight into lent slots.
+        if head.op == Op::Put
+            && (16..=16 + MAX_OBJECT).contains(&head.len)
+            && matches!(sh.lend_state(), LendState::Lending)
+            && put_direct(sh, r, w, pool, &head)?
+        {
+            continue;
+        }
         // PUT payloads are `generation, key, data`: keep the data's CRC for later GETs.
-        let (op, req, len, data_crc) = match proto::read_frame_split(r, &mut inbuf, 16) {
+        let (op, req, len) = (head.op, head.req_id, head.len);
+        let data_crc = match proto::read_payload(r, &mut inbuf, &head, 16) {
             Ok(x) => x,
             Err(ProtoError::Closed) => return Ok(()),
             Err(e) => return Err(classify(e)),
@@ -681,9 +698,6 @@ fn request_loop(
         let mut cur = Cursor::new(f.payload, "request");
         match f.op {
             Op::Put => {
-                if crate::fault::hit("crash-at-put") {
-                    std::process::abort();
-                }
                 let (generation, key) = (
                     cur.u64().map_err(ConnEnd::Bad)?,
                     cur.u64().map_err(ConnEnd::Bad)?,
@@ -814,6 +828,96 @@ fn request_loop(
             other => return Err(ConnEnd::Bad(ProtoError::Malformed(op_name(other)))),
         }
     }
+}
+
+/// Receives a PUT's data directly into slots taken from the store (no copy on the server), checks
+/// the frame checksum over them, and stores the object. Returns false, having read nothing of the
+/// payload, when no slots are available: the ordinary path then reads the payload and answers
+/// with the store's error.
+fn put_direct(
+    sh: &Shared,
+    r: &mut BufReader<TcpStream>,
+    w: &Mutex<TcpStream>,
+    pool: &PoolId,
+    head: &proto::Head,
+) -> Result<bool, ConnEnd> {
+    let c = &sh.counters;
+    let data_len = head.len - 16;
+    let Ok((mut slots, epoch)) = lock(&sh.store).take(data_len) else {
+        return Ok(false);
+    };
+    let mut h16 = [0u8; 16];
+    let mut read = || -> Result<(), ProtoError> {
+        proto::read_exact_payload(r, &mut h16)?;
+        // One readv fills many slots: a read per 16 KiB slot would cost more than the copy saved.
+        let mut left = data_len;
+        let mut bufs: Vec<IoSliceMut<'_>> = slots
+            .iter_mut()
+            .map(|s| {
+                let n = left.min(crate::store::SLOT);
+                left -= n;
+                IoSliceMut::new(&mut s[..n])
+            })
+            .collect();
+        read_exact_vectored(r, &mut bufs)
+    };
+    let mut res = read();
+    let mut crc = 0u32;
+    let mut left = data_len;
+    for s in &slots {
+        let n = left.min(crate::store::SLOT);
+        crc = crc32c::crc32c_append(crc, &s[..n]);
+        left -= n;
+    }
+    if res.is_ok()
+        && crc32c::crc32c_combine(crc32c::crc32c(&h16), crc, data_len) != head.payload_crc
+    {
+        res = Err(ProtoError::PayloadChecksum {
+            op: head.op as u16,
+            len: head.len as u32,
+        });
+    }
+    if let Err(e) = res {
+        lock(&sh.store).give_back(slots, epoch);
+        return Err(match e {
+            ProtoError::Closed => ConnEnd::Io("closed by peer".into()),
+            e => classify(e),
+        });
+    }
+    c.bytes_in
+        .fetch_add((HEADER_LEN + head.len) as u64, Ordering::Relaxed);
+    let generation = u64::from_le_bytes(h16[..8].try_into().unwrap_or([0; 8]));
+    let key = u64::from_le_bytes(h16[8..].try_into().unwrap_or([0; 8]));
+    let res = lock(&sh.store).insert(pool, generation, key, slots, epoch, data_len, crc);
+    let sent = match res {
+        Ok(()) => send(w, Op::Ok, head.req_id, &[], c),
+        Err(e) => send(
+            w,
+            Op::Error,
+            head.req_id,
+            &proto::encode_error(ErrorCode::Revoked, &e.to_string()),
+            c,
+        ),
+    };
+    sent.map_err(|e| ConnEnd::Io(e.to_string()))?;
+    Ok(true)
+}
+
+/// `read_exact` over several buffers (`readv`), an early end being a closed connection.
+fn read_exact_vectored<R: Read>(
+    r: &mut R,
+    mut bufs: &mut [IoSliceMut<'_>],
+) -> Result<(), ProtoError> {
+    IoSliceMut::advance_slices(&mut bufs, 0);
+    while !bufs.is_empty() {
+        match r.read_vectored(bufs) {
+            Ok(0) => return Err(ProtoError::Closed),
+            Ok(n) => IoSliceMut::advance_slices(&mut bufs, n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(ProtoError::Io(e)),
+        }
+    }
+    Ok(())
 }
 
 /// A frame borrowed from the connection's buffer.

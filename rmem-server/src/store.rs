@@ -1,10 +1,12 @@
-//! The lent memory: a pre-faulted arena cut into fixed slots, and the index of stored objects.
+//! The lent memory: pre-faulted fixed-size slots, and the index of stored objects.
 //!
-//! The arena is allocated and touched page by page when lending starts, so a checkpoint never pays
+//! All slots are allocated and touched when lending starts, so a checkpoint never pays
 //! first-touch page faults (the paper's server direct-maps its pages for bounded access time).
-//! Objects (shards, manifests) occupy whole slots, not necessarily contiguous; `used` counts whole
-//! slots so capacity accounting includes fragmentation honestly. When lending stops the arena is
-//! dropped and the memory goes back to the owner.
+//! An object (shard, manifest) owns whole slots, not necessarily adjacent; `used` counts whole
+//! slots so capacity accounting includes fragmentation honestly. Because slots are owned buffers,
+//! a connection can take free slots, read a PUT's payload straight into them without holding the
+//! store's lock, and hand them back as an object: the bulk data is never copied on the server.
+//! When lending stops every slot is dropped and the memory goes back to the owner.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -23,12 +25,15 @@ pub enum StoreError {
     NotLending,
 }
 
+/// Slots taken from the store, being filled by one connection.
+pub type Slots = Vec<Box<[u8]>>;
+
 #[derive(Debug)]
 struct Obj {
     len: usize,
     /// CRC32C of the data, checked on arrival and sent with every read of it.
     crc: u32,
-    slots: Vec<u32>,
+    slots: Slots,
 }
 
 #[derive(Debug, Default)]
@@ -37,16 +42,15 @@ struct GenData {
     manifest: Option<Obj>,
 }
 
-#[derive(Debug)]
-struct Arena {
-    mem: Vec<u8>,
-    free: Vec<u32>,
-}
-
-/// Object store over one arena. Callers serialize access (one mutex in the server).
+/// Object store. Callers serialize access (one mutex in the server); filling taken slots needs
+/// no lock.
 #[derive(Debug)]
 pub struct Store {
-    arena: Option<Arena>,
+    lending: bool,
+    /// Counts lending periods: slots taken in one period must not return into the next (the
+    /// memory was given back in between).
+    epoch: u64,
+    free: Slots,
     capacity: u64,
     pools: HashMap<PoolId, BTreeMap<u64, GenData>>,
 }
@@ -55,7 +59,9 @@ impl Store {
     /// A store that lends nothing until [`Store::lend`].
     pub fn new() -> Store {
         Store {
-            arena: None,
+            lending: false,
+            epoch: 0,
+            free: Vec::new(),
             capacity: 0,
             pools: HashMap::new(),
         }
@@ -64,39 +70,40 @@ impl Store {
     /// Allocates and pre-faults `capacity` bytes (rounded down to whole slots).
     pub fn lend(&mut self, capacity: u64) {
         let nslots = (capacity as usize) / SLOT;
-        let mut mem = vec![0u8; nslots * SLOT];
-        // The allocation is lazily zero-mapped by the kernel; writing one byte per page faults
-        // every page in now instead of during a client's write.
-        for i in (0..mem.len()).step_by(4096) {
-            mem[i] = 0xA5;
-        }
-        std::hint::black_box(&mem);
-        let free = (0..nslots as u32).rev().collect();
-        self.arena = Some(Arena { mem, free });
+        // A non-zero fill writes every page now (a zero fill could stay lazily mapped).
+        self.free = (0..nslots)
+            .map(|_| vec![0xA5u8; SLOT].into_boxed_slice())
+            .collect();
+        std::hint::black_box(&self.free);
         self.capacity = (nslots * SLOT) as u64;
+        self.lending = true;
+        self.epoch += 1;
         self.pools.clear();
     }
 
-    /// Drops every object and gives the arena back.
+    /// Drops every object and gives the memory back.
     pub fn unlend(&mut self) {
         self.pools.clear();
-        self.arena = None;
+        self.free = Vec::new();
         self.capacity = 0;
+        self.lending = false;
     }
 
     #[cfg(test)]
     pub fn lending(&self) -> bool {
-        self.arena.is_some()
+        self.lending
     }
 
     pub fn capacity(&self) -> u64 {
         self.capacity
     }
 
+    /// Bytes in use: objects and slots taken by connections still filling them.
     pub fn used(&self) -> u64 {
-        match &self.arena {
-            Some(a) => self.capacity - (a.free.len() * SLOT) as u64,
-            None => 0,
+        if self.lending {
+            self.capacity - (self.free.len() * SLOT) as u64
+        } else {
+            0
         }
     }
 
@@ -115,21 +122,39 @@ impl Store {
             .unwrap_or(0)
     }
 
-    fn alloc(&mut self, data: &[u8], crc: u32) -> Result<Obj, StoreError> {
-        let capacity = self.capacity;
-        let arena = self.arena.as_mut().ok_or(StoreError::NotLending)?;
-        let need = data.len().div_ceil(SLOT).max(1);
-        if arena.free.len() < need {
+    /// Takes the slots for an object of `len` bytes; fill them, then [`Store::insert`] them (or
+    /// give them back with [`Store::give_back`]).
+    pub fn take(&mut self, len: usize) -> Result<(Slots, u64), StoreError> {
+        if !self.lending {
+            return Err(StoreError::NotLending);
+        }
+        let need = len.div_ceil(SLOT).max(1);
+        if self.free.len() < need {
             return Err(StoreError::NoSpace {
-                need: data.len() as u64,
-                free: (arena.free.len() * SLOT) as u64,
-                capacity,
+                need: len as u64,
+                free: (self.free.len() * SLOT) as u64,
+                capacity: self.capacity,
             });
         }
-        let slots = arena.free.split_off(arena.free.len() - need);
-        for (piece, &s) in data.chunks(SLOT).zip(&slots) {
-            let at = s as usize * SLOT;
-            arena.mem[at..at + piece.len()].copy_from_slice(piece);
+        Ok((self.free.split_off(self.free.len() - need), self.epoch))
+    }
+
+    /// Returns unused slots (a failed transfer). Slots of an earlier lending period are dropped.
+    pub fn give_back(&mut self, slots: Slots, epoch: u64) {
+        if self.lending && epoch == self.epoch {
+            self.free.extend(slots);
+        }
+    }
+
+    fn release(&mut self, o: Obj) {
+        let e = self.epoch;
+        self.give_back(o.slots, e);
+    }
+
+    fn alloc(&mut self, data: &[u8], crc: u32) -> Result<Obj, StoreError> {
+        let (mut slots, _) = self.take(data.len())?;
+        for (piece, s) in data.chunks(SLOT).zip(slots.iter_mut()) {
+            s[..piece.len()].copy_from_slice(piece);
         }
         Ok(Obj {
             len: data.len(),
@@ -138,28 +163,47 @@ impl Store {
         })
     }
 
-    fn release(arena: &mut Option<Arena>, o: Obj) {
-        if let Some(a) = arena.as_mut() {
-            a.free.extend_from_slice(&o.slots);
-        }
-    }
-
-    fn read(&self, o: &Obj) -> Vec<u8> {
-        let Some(a) = &self.arena else {
-            return Vec::new();
-        };
-        let mut out = Vec::with_capacity(o.len);
+    fn read(o: &Obj, out: &mut Vec<u8>) {
+        out.clear();
         let mut left = o.len;
-        for &s in &o.slots {
+        for s in &o.slots {
             let n = left.min(SLOT);
-            let at = s as usize * SLOT;
-            out.extend_from_slice(&a.mem[at..at + n]);
+            out.extend_from_slice(&s[..n]);
             left -= n;
         }
-        out
     }
 
-    /// Stores (or replaces) one object of a generation.
+    /// Stores filled slots as object `key` of `generation` (replacing an older version).
+    #[allow(clippy::too_many_arguments)] // an object's identity, its bytes and their checksum
+    pub fn insert(
+        &mut self,
+        pool: &PoolId,
+        generation: u64,
+        key: u64,
+        slots: Slots,
+        epoch: u64,
+        len: usize,
+        crc: u32,
+    ) -> Result<(), StoreError> {
+        if !self.lending || epoch != self.epoch {
+            // Revoked while the data was arriving: the slots were already let go.
+            return Err(StoreError::NotLending);
+        }
+        let old = self
+            .pools
+            .entry(*pool)
+            .or_default()
+            .entry(generation)
+            .or_default()
+            .objects
+            .insert(key, Obj { len, crc, slots });
+        if let Some(o) = old {
+            self.release(o);
+        }
+        Ok(())
+    }
+
+    /// Stores (or replaces) one object of a generation from a buffer.
     pub fn put(
         &mut self,
         pool: &PoolId,
@@ -175,17 +219,11 @@ impl Store {
             .and_then(|g| g.get_mut(&generation))
             .and_then(|d| d.objects.remove(&key));
         if let Some(o) = old {
-            Self::release(&mut self.arena, o);
+            self.release(o);
         }
         let obj = self.alloc(data, crc)?;
-        self.pools
-            .entry(*pool)
-            .or_default()
-            .entry(generation)
-            .or_default()
-            .objects
-            .insert(key, obj);
-        Ok(())
+        let e = self.epoch;
+        self.insert(pool, generation, key, obj.slots, e, obj.len, obj.crc)
     }
 
     /// Copies an object into `out` (reusing its allocation); returns its CRC32C, `None` when
@@ -198,22 +236,14 @@ impl Store {
         out: &mut Vec<u8>,
     ) -> Option<u32> {
         let o = self.pools.get(pool)?.get(&generation)?.objects.get(&key)?;
-        let a = self.arena.as_ref()?;
-        out.clear();
-        let mut left = o.len;
-        for &s in &o.slots {
-            let n = left.min(SLOT);
-            let at = s as usize * SLOT;
-            out.extend_from_slice(&a.mem[at..at + n]);
-            left -= n;
-        }
+        Self::read(o, out);
         Some(o.crc)
     }
 
     #[cfg(test)]
     pub fn get(&self, pool: &PoolId, generation: u64, key: u64) -> Option<Vec<u8>> {
-        let o = self.pools.get(pool)?.get(&generation)?.objects.get(&key)?;
-        Some(self.read(o))
+        let mut v = Vec::new();
+        self.get_into(pool, generation, key, &mut v).map(|_| v)
     }
 
     /// Records the manifest of a generation; this is what makes it committed on this server.
@@ -231,14 +261,16 @@ impl Store {
             .entry(generation)
             .or_default();
         if let Some(old) = d.manifest.replace(obj) {
-            Self::release(&mut self.arena, old);
+            self.release(old);
         }
         Ok(())
     }
 
     pub fn manifest(&self, pool: &PoolId, generation: u64) -> Option<Vec<u8>> {
         let o = self.pools.get(pool)?.get(&generation)?.manifest.as_ref()?;
-        Some(self.read(o))
+        let mut v = Vec::new();
+        Self::read(o, &mut v);
+        Some(v)
     }
 
     pub fn list(&self, pool: &PoolId) -> Vec<GenEntry> {
@@ -261,10 +293,10 @@ impl Store {
             return;
         };
         for (_, o) in d.objects {
-            Self::release(&mut self.arena, o);
+            self.release(o);
         }
         if let Some(m) = d.manifest {
-            Self::release(&mut self.arena, m);
+            self.release(m);
         }
         if self.pools.get(pool).is_some_and(|g| g.is_empty()) {
             self.pools.remove(pool);
@@ -329,5 +361,31 @@ mod tests {
         assert!(s.get(&p, 1, 7).is_none());
         s.unlend();
         assert!(!s.lending());
+    }
+
+    #[test]
+    fn slots_taken_before_a_revocation_never_return_into_the_next_lending() {
+        let mut s = Store::new();
+        s.lend(4 * SLOT as u64);
+        let p = [2u8; 16];
+        let (slots, epoch) = s.take(SLOT + 1).unwrap();
+        assert_eq!(s.used(), 2 * SLOT as u64);
+        // Revoked and lent again while a PUT was still arriving into those slots.
+        s.unlend();
+        s.lend(4 * SLOT as u64);
+        assert_eq!(
+            s.insert(&p, 1, 1, slots, epoch, SLOT + 1, 0),
+            Err(StoreError::NotLending)
+        );
+        let (more, e2) = s.take(10).unwrap();
+        s.give_back(more, e2);
+        assert_eq!(s.used(), 0);
+        let (old, _) = s.take(10).unwrap();
+        s.give_back(old, epoch);
+        assert_eq!(
+            s.used(),
+            SLOT as u64,
+            "a slot from the old period is dropped, not counted twice"
+        );
     }
 }
