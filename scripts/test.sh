@@ -22,3 +22,5 @@ fi
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace
+# The server's failure points are compiled in only with their feature.
+cargo test -p rmem-server --features fault-points --test faultpoints
