@@ -16,6 +16,11 @@ const CHILD_ENV: &str = "CKPT_DIRTY_CHILD";
 /// Runs `body` in a child process (this test binary, only test `name`), or runs it here when
 /// this process is that child.
 fn in_child(name: &str, body: fn()) {
+    in_child_env(name, &[], body)
+}
+
+/// [`in_child`] with extra environment variables for the child.
+fn in_child_env(name: &str, env: &[(&str, &str)], body: fn()) {
     if std::env::var(CHILD_ENV).as_deref() == Ok(name) {
         body();
         return;
@@ -26,6 +31,7 @@ fn in_child(name: &str, body: fn()) {
     let out = std::process::Command::new(std::env::current_exe().expect("test binary path"))
         .args([test.as_str(), "--exact", "--nocapture", "--test-threads=1"])
         .env(CHILD_ENV, name)
+        .envs(env.iter().copied())
         .output()
         .expect("run the test binary as a child");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -202,6 +208,15 @@ fn conformance(kind: TrackerKind) {
     poke(base, 45, 7);
     assert_eq!(harvest_pages(t, base, 0, 64), []);
 
+    // A range unmapped while tracked is forgotten without error.
+    let gone = Mapping::anonymous(4 * PAGE).expect("mmap");
+    let (gone_addr, gone_len) = (gone.addr(), gone.size());
+    t.track(gone_addr, gone_len).expect("track");
+    poke(gone_addr, 1, 1);
+    drop(gone);
+    t.untrack(gone_addr, gone_len)
+        .expect("untrack an unmapped range");
+
     // Two ranges, and reset.
     let m2 = Mapping::anonymous(16 * PAGE).expect("mmap");
     t.track(base, 64 * PAGE).expect("track again");
@@ -309,5 +324,121 @@ fn selection() {
         let e = open(Some(TrackerKind::Mprotect)).unwrap_err().to_string();
         assert!(e.contains("CKPT_TRACKER=mprotect"), "{e}");
         drop(first);
+    });
+}
+
+/// `CKPT_TRACKER` forces a tracker, and a bad value is a clear error.
+#[test]
+fn selection_env_forced() {
+    in_child_env("selection_env_forced", &[(TRACKER_ENV, "mprotect")], || {
+        let t = best_available().expect("forced mprotect");
+        assert_eq!(t.name(), "mprotect");
+    });
+}
+
+#[test]
+fn selection_env_unknown() {
+    in_child_env(
+        "selection_env_unknown",
+        &[(TRACKER_ENV, "soft-dirty")],
+        || {
+            let e = best_available().unwrap_err().to_string();
+            assert!(e.contains("CKPT_TRACKER=\"soft-dirty\""), "{e}");
+        },
+    );
+}
+
+/// Counts allocations, so a test can check that harvesting makes none.
+struct CountingAlloc;
+
+static ALLOCATIONS: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
+
+// SAFETY: forwards every call to the system allocator unchanged; only counts.
+unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+        // SAFETY: the caller's layout is passed on as given.
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        // SAFETY: `ptr` came from `alloc` above, i.e. from the system allocator.
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+        // SAFETY: as `alloc` and `dealloc`.
+        unsafe { std::alloc::System.realloc(ptr, layout, new) }
+    }
+}
+
+#[global_allocator]
+static COUNTING: CountingAlloc = CountingAlloc;
+
+/// What the signal handler below harvests with: the tracker, the range and where runs go.
+static HANDLER_TRACKER: core::sync::atomic::AtomicPtr<Box<dyn DirtyTracker>> =
+    core::sync::atomic::AtomicPtr::new(core::ptr::null_mut());
+static HANDLER_BASE: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
+static HANDLER_RUNS: [core::sync::atomic::AtomicUsize; 8] =
+    [const { core::sync::atomic::AtomicUsize::new(0) }; 8];
+static HANDLER_RESULT: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
+
+extern "C" fn harvest_in_handler(_: i32) {
+    use core::sync::atomic::Ordering::Relaxed;
+    let base = HANDLER_BASE.load(Relaxed);
+    // SAFETY: the test stored a pointer to its live tracker and does nothing else with it
+    // until the signal (raised synchronously) has been handled.
+    let t = unsafe { &mut *HANDLER_TRACKER.load(Relaxed) };
+    let mut n = 0;
+    let r = t.harvest(base, base + 64 * PAGE, &mut |s, e| {
+        if n + 1 < HANDLER_RUNS.len() {
+            HANDLER_RUNS[n].store((s - base) / PAGE, Relaxed);
+            HANDLER_RUNS[n + 1].store((e - base) / PAGE, Relaxed);
+        }
+        n += 2;
+    });
+    HANDLER_RESULT.store(if r.is_ok() { n + 1 } else { usize::MAX }, Relaxed);
+}
+
+/// Harvest inside a signal handler, as the checkpoint handler will: it works and allocates
+/// nothing (checked with a counting global allocator).
+fn harvest_from_signal_handler(kind: TrackerKind) {
+    use core::sync::atomic::Ordering::Relaxed;
+    let Some(mut t) = open_or_skip(kind) else {
+        return;
+    };
+    let m = Mapping::anonymous(64 * PAGE).expect("mmap");
+    t.track(m.addr(), 64 * PAGE).expect("track");
+    poke(m.addr(), 9, 1);
+    poke(m.addr(), 10, 1);
+    poke(m.addr(), 33, 1);
+    HANDLER_BASE.store(m.addr(), Relaxed);
+    HANDLER_TRACKER.store(&mut t, Relaxed);
+    // SAFETY: a plain handler (signal number only) doing only the harvest into statics.
+    let old = unsafe { libc::signal(libc::SIGUSR1, harvest_in_handler as *const () as usize) };
+    assert_ne!(old, libc::SIG_ERR);
+    let before = ALLOCATIONS.load(Relaxed);
+    syscall::raise(libc::SIGUSR1);
+    let after = ALLOCATIONS.load(Relaxed);
+    HANDLER_TRACKER.store(core::ptr::null_mut(), Relaxed);
+    assert_eq!(after, before, "harvest allocated");
+    assert_eq!(HANDLER_RESULT.load(Relaxed), 5, "two runs, harvest Ok");
+    let runs: Vec<usize> = HANDLER_RUNS[..4].iter().map(|r| r.load(Relaxed)).collect();
+    assert_eq!(runs, [9, 11, 33, 34]);
+    assert_eq!(harvest_pages(&mut *t, m.addr(), 0, 64), []);
+}
+
+#[test]
+fn uffd_async_harvest_in_signal_handler() {
+    in_child("uffd_async_harvest_in_signal_handler", || {
+        harvest_from_signal_handler(TrackerKind::UffdAsync)
+    });
+}
+
+#[test]
+fn mprotect_harvest_in_signal_handler() {
+    in_child("mprotect_harvest_in_signal_handler", || {
+        harvest_from_signal_handler(TrackerKind::Mprotect)
     });
 }
