@@ -36,10 +36,19 @@
 //!
 //! # Contract for callers
 //!
-//! - Tracked ranges are private anonymous read-write memory (heap, anonymous `mmap`, `[stack]`
-//!   under `Mprotect`). `UffdAsync` refuses file-backed mappings (the kernel does: a private file
-//!   mapping such as `.data` cannot be registered); treat such regions as dirty every time.
+//! - Tracked ranges are private read-write memory: anonymous (heap, anonymous `mmap`, `.bss`)
+//!   or private file mappings (`.data`; both trackers see their copy-on-write, tested on Linux
+//!   6.18). The `[stack]` only under `UffdAsync` (see [`Mprotect`]). If the kernel refuses to
+//!   register a range, `track` fails (`UFFDIO_REGISTER`): treat that region as dirty every time.
 //! - Never track the tracker's own memory ([`DirtyTracker::internal_ranges`]).
+//! - When a tracked region is unmapped, shrinks or is replaced, untrack it before the next
+//!   harvest (and track what replaced it): under `UffdAsync` a harvest over a mapping that is not
+//!   registered fails (`EPERM`); under `Mprotect` dirty pages that are no longer mapped make the
+//!   harvest fail (`ENOMEM`) and writes to a replacing mapping are not seen.
+//! - A failed harvest has still delivered every run it re-armed; treat the failure as "dirty set
+//!   unknown" and take a full checkpoint.
+//! - After a restore, trackers are kernel state that did not survive: create a new one and take
+//!   a full checkpoint first.
 //! - Under `Mprotect`, code that writes tracked memory must not run with `SIGSEGV` blocked: a
 //!   fault on a blocked `SIGSEGV` kills the process. The checkpoint handler therefore must leave
 //!   `SIGSEGV` out of its mask if its callbacks write into tracked memory.
@@ -153,7 +162,8 @@ pub trait DirtyTracker: fmt::Debug + Send {
     /// is forgotten without error.
     fn untrack(&mut self, start: usize, len: usize) -> Result<(), DirtyError>;
 
-    /// Calls `each(run_start, run_end)` for every run of tracked pages in `[start, end)` written
+    /// Calls `each(run_start, run_end)` for every run of tracked pages overlapping
+    /// `[start, end)` (widened to whole pages) written
     /// since the last harvest of them, in address order, adjacent runs merged, and marks those
     /// pages clean again, atomically with respect to further writes: a write after a page was
     /// reported is reported by the next harvest. `each` may write to tracked memory.
@@ -173,8 +183,9 @@ pub trait DirtyTracker: fmt::Debug + Send {
     /// [`prepare_kernel_write`](Self::prepare_kernel_write) (and the page is reported).
     fn kernel_writes_transparent(&self) -> bool;
 
-    /// Calls `each(start, end)` for the memory the tracker itself uses, which must be neither
-    /// tracked nor checkpointed.
+    /// Calls `each(start, end)` for memory the tracker itself writes from user space while
+    /// harvesting or handling a fault (the mprotect tracker's bitmaps): it must not be tracked,
+    /// and need not be checkpointed.
     fn internal_ranges(&self, each: &mut dyn FnMut(usize, usize));
 
     /// Stops tracking every range (as `untrack` on each); the tracker can be used again.
@@ -313,6 +324,16 @@ impl<'a> RunMerger<'a> {
             (self.each)(s, e);
         }
     }
+}
+
+/// `[start, end)` widened to whole pages (saturating at the top of the address space).
+fn page_span(start: usize, end: usize) -> (usize, usize) {
+    use super::mem::PAGE;
+    let lo = start & !(PAGE - 1);
+    let hi = end
+        .checked_next_multiple_of(PAGE)
+        .unwrap_or(usize::MAX & !(PAGE - 1));
+    (lo, hi)
 }
 
 /// Checks a range given to `track`/`untrack`.

@@ -309,6 +309,7 @@ impl DirtyTracker for Mprotect {
         end: usize,
         each: &mut dyn FnMut(usize, usize),
     ) -> Result<(), DirtyError> {
+        let (start, end) = super::page_span(start, end);
         // Slots are unordered; harvest in address order so runs come out sorted and merged.
         let mut runs = RunMerger::new(each);
         let mut result = Ok(());
@@ -372,7 +373,7 @@ impl DirtyTracker for Mprotect {
     }
 
     fn prepare_kernel_write(&mut self, start: usize, len: usize) -> Result<(), DirtyError> {
-        let (lo, hi) = (start & !(PAGE - 1), (start + len).next_multiple_of(PAGE));
+        let (lo, hi) = super::page_span(start, start.saturating_add(len));
         for (rs, rl, bits) in SLOTS.iter().filter_map(Slot::get) {
             let (a, b) = (lo.max(rs), hi.min(rs + rl));
             if a >= b {

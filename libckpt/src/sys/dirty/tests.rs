@@ -155,6 +155,16 @@ fn conformance(kind: TrackerKind) {
     assert_eq!(harvest_pages(t, base, 25, 64), [(30, 31)]);
     assert_eq!(harvest_pages(t, base, 0, 64), [(20, 21)]);
 
+    // Unaligned bounds are widened to the pages they touch.
+    poke(base, 12, 5);
+    poke(base, 13, 5);
+    let mut seen = Vec::new();
+    t.harvest(base + 12 * PAGE + 5, base + 13 * PAGE + 1, &mut |s, e| {
+        seen.push(((s - base) / PAGE, (e - base) / PAGE))
+    })
+    .expect("harvest");
+    assert_eq!(seen, [(12, 14)]);
+
     // Writes inside the callback land in the next harvest.
     poke(base, 7, 6);
     let mut seen = Vec::new();
@@ -440,5 +450,54 @@ fn uffd_async_harvest_in_signal_handler() {
 fn mprotect_harvest_in_signal_handler() {
     in_child("mprotect_harvest_in_signal_handler", || {
         harvest_from_signal_handler(TrackerKind::Mprotect)
+    });
+}
+
+/// A private file mapping (like `.data`): its pages are the file's until written, then the
+/// process's own copies; both trackers see the copy-on-write, for pages read before and not.
+fn private_file_mapping(kind: TrackerKind) {
+    let Some(mut t) = open_or_skip(kind) else {
+        return;
+    };
+    let exe = std::fs::File::open(std::env::current_exe().expect("exe")).expect("open exe");
+    // SAFETY: a new private mapping of our own executable; the kernel picks the address.
+    let p = unsafe {
+        libc::mmap(
+            core::ptr::null_mut(),
+            4 * PAGE,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE,
+            std::os::fd::AsRawFd::as_raw_fd(&exe),
+            0,
+        )
+    };
+    assert_ne!(p, libc::MAP_FAILED);
+    let base = p as usize;
+    let _ = peek(base, 1);
+    t.track(base, 4 * PAGE)
+        .expect("track a private file mapping");
+    assert_eq!(harvest_pages(&mut *t, base, 0, 4), []);
+    poke(base, 1, 1);
+    poke(base, 3, 1);
+    assert_eq!(harvest_pages(&mut *t, base, 0, 4), [(1, 2), (3, 4)]);
+    assert_eq!(harvest_pages(&mut *t, base, 0, 4), []);
+    poke(base, 3, 2);
+    assert_eq!(harvest_pages(&mut *t, base, 0, 4), [(3, 4)]);
+    t.untrack(base, 4 * PAGE).expect("untrack");
+    // SAFETY: our mapping, no longer used.
+    unsafe { libc::munmap(p, 4 * PAGE) };
+}
+
+#[test]
+fn uffd_async_private_file_mapping() {
+    in_child("uffd_async_private_file_mapping", || {
+        private_file_mapping(TrackerKind::UffdAsync)
+    });
+}
+
+#[test]
+fn mprotect_private_file_mapping() {
+    in_child("mprotect_private_file_mapping", || {
+        private_file_mapping(TrackerKind::Mprotect)
     });
 }

@@ -373,6 +373,7 @@ impl DirtyTracker for UffdAsync {
         end: usize,
         each: &mut dyn FnMut(usize, usize),
     ) -> Result<(), DirtyError> {
+        let (start, end) = super::page_span(start, end);
         let mut runs = RunMerger::new(each);
         let mut result = Ok(());
         // Index loop: `scan` borrows `self` mutably for the buffer.
