@@ -501,3 +501,41 @@ fn mprotect_private_file_mapping() {
         private_file_mapping(TrackerKind::Mprotect)
     });
 }
+
+/// More runs than one kernel scan buffer holds (uffd-async continues at `walk_end`), and a long
+/// run: every run comes out once, merged, in order.
+fn many_runs(kind: TrackerKind) {
+    let Some(mut t) = open_or_skip(kind) else {
+        return;
+    };
+    const PAGES: usize = 4096;
+    let m = Mapping::anonymous(PAGES * PAGE).expect("mmap");
+    let base = m.addr();
+    for p in (0..PAGES).step_by(3) {
+        poke(base, p, 1);
+    }
+    t.track(base, PAGES * PAGE).expect("track");
+    let mut want = Vec::new();
+    for p in (0..2400).step_by(2) {
+        poke(base, p, 2);
+        want.push((p, p + 1));
+    }
+    for p in 2600..4000 {
+        poke(base, p, 2);
+    }
+    want.push((2600, 4000));
+    assert_eq!(harvest_pages(&mut *t, base, 0, PAGES), want);
+    assert_eq!(harvest_pages(&mut *t, base, 0, PAGES), []);
+    poke(base, PAGES - 1, 3);
+    assert_eq!(harvest_pages(&mut *t, base, 0, PAGES), [(PAGES - 1, PAGES)]);
+}
+
+#[test]
+fn uffd_async_many_runs() {
+    in_child("uffd_async_many_runs", || many_runs(TrackerKind::UffdAsync));
+}
+
+#[test]
+fn mprotect_many_runs() {
+    in_child("mprotect_many_runs", || many_runs(TrackerKind::Mprotect));
+}
