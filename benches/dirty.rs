@@ -13,8 +13,9 @@
 //!
 //! Harvest: a populated range is tracked, a fraction of its pages is written (in runs of
 //! `RUN_PAGES` pages at pseudo-random places, and for uffd-async also as scattered single pages;
-//! the mprotect tracker cannot take scattered single pages over a large range, since each splits
-//! the VMA and the process hits `vm.max_map_count`), and one harvest is timed: it reports the
+//! the mprotect tracker is not given scattered single pages over a large range: each splits
+//! the VMA, the process reaches `vm.max_map_count` and the tracker degrades to reporting the
+//! whole range), and one harvest is timed: it reports the
 //! written pages and protects them again. The range is populated before tracking, except in
 //! the "never touched" rows, where only the written pages ever get memory (under uffd-async the
 //! rest hold write-protect markers from `UFFD_FEATURE_WP_UNPOPULATED`).

@@ -7,7 +7,9 @@
 //! VMA, pages never touched are protected too.
 //!
 //! Costs and limits: one signal delivery plus one `mprotect` per first write (several µs); every
-//! protected run splits the VMA, so a scattered dirty set can approach `vm.max_map_count`; the
+//! protected run splits the VMA, so a scattered dirty set can reach `vm.max_map_count`, after
+//! which the handler counts the whole range as written and unprotects it in one piece (counted
+//! by [`Mprotect::overflows`]; the next harvest reports the whole range and protects it again); the
 //! kernel's own writes into a protected page fail with `EFAULT` (see the parent module:
 //! [`DirtyTracker::prepare_kernel_write`]); the `[stack]` must not be tracked unless signals are
 //! delivered on an alternate stack outside tracked memory (the kernel cannot push the signal
@@ -77,6 +79,8 @@ static INSTALLED: AtomicBool = AtomicBool::new(false);
 /// The `SIGSEGV` disposition before ours: handler address and `SA_*` flags.
 static PREV_HANDLER: AtomicUsize = AtomicUsize::new(libc::SIG_DFL);
 static PREV_FLAGS: AtomicUsize = AtomicUsize::new(0);
+/// Faults that hit the VMA limit and made a whole range dirty (see `on_segv`).
+static OVERFLOWS: AtomicUsize = AtomicUsize::new(0);
 
 /// The bitmap word holding page `index`'s bit.
 ///
@@ -107,7 +111,7 @@ extern "C" fn on_segv(sig: i32, info: *mut libc::siginfo_t, ctx: *mut libc::c_vo
     // SAFETY: the kernel passes a valid siginfo for an SA_SIGINFO handler.
     let (code, addr) = unsafe { ((*info).si_code, (*info).si_addr() as usize) };
     if code == SEGV_ACCERR
-        && let Some((start, _, bits)) = lookup(addr)
+        && let Some((start, len, bits)) = lookup(addr)
     {
         // A write to a page we protected (tracked ranges are read-write by contract).
         let page = addr & !(PAGE - 1);
@@ -115,10 +119,25 @@ extern "C" fn on_segv(sig: i32, info: *mut libc::siginfo_t, ctx: *mut libc::c_vo
         // SAFETY: the slot is live and `index` is inside its range.
         unsafe { word(bits, index) }.fetch_or(1 << (index % 64), Ordering::Relaxed);
         // SAFETY: the page is tracked memory whose contract is read-write.
-        if unsafe { syscall::mprotect(page, PAGE, RW) }.is_err() {
-            fatal(b"ckpt: mprotect dirty tracker: cannot unprotect a written page\n");
+        match unsafe { syscall::mprotect(page, PAGE, RW) } {
+            Ok(()) => return,
+            // Unprotecting one page splits the VMA; with scattered writes the process reaches
+            // vm.max_map_count. Degrade, visibly (`Mprotect::overflows`): the whole range
+            // counts as written and is unprotected in one piece, which merges its VMAs back.
+            Err(Errno(libc::ENOMEM)) => {
+                OVERFLOWS.fetch_add(1, Ordering::Relaxed);
+                for i in (0..len / PAGE).step_by(64) {
+                    // SAFETY: the slot is live and `i` is inside its range.
+                    unsafe { word(bits, i) }.store(u64::MAX, Ordering::Relaxed);
+                }
+                // SAFETY: as above, for the whole tracked range.
+                if unsafe { syscall::mprotect(start, len, RW) }.is_ok() {
+                    return;
+                }
+            }
+            Err(_) => {}
         }
-        return;
+        fatal(b"ckpt: mprotect dirty tracker: cannot unprotect a written page\n");
     }
     chain(sig, info, ctx);
 }
@@ -208,6 +227,13 @@ impl Mprotect {
         Ok(Mprotect {
             bitmaps: (0..MAX_RANGES).map(|_| None).collect(),
         })
+    }
+
+    /// How many times a write could not be tracked page by page because the process reached
+    /// `vm.max_map_count`, so its whole range was counted as written (a degraded harvest, still
+    /// a superset of the truth). Process-wide, since the process started.
+    pub fn overflows(&self) -> usize {
+        OVERFLOWS.load(Ordering::Relaxed)
     }
 
     fn mprotect(op: &'static str, start: usize, len: usize, prot: i32) -> Result<(), DirtyError> {

@@ -539,3 +539,35 @@ fn uffd_async_many_runs() {
 fn mprotect_many_runs() {
     in_child("mprotect_many_runs", || many_runs(TrackerKind::Mprotect));
 }
+
+/// Scattered writes past `vm.max_map_count` VMAs: the mprotect tracker degrades to "the whole
+/// range is written" instead of aborting, says so, and recovers at the next harvest.
+#[test]
+fn mprotect_survives_map_count_limit() {
+    in_child("mprotect_survives_map_count_limit", || {
+        let max: usize = std::fs::read_to_string("/proc/sys/vm/max_map_count")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(65530);
+        if max > 1 << 18 {
+            println!("SKIPPED: vm.max_map_count={max} is too large to reach quickly");
+            return;
+        }
+        let mut t = Mprotect::new().expect("mprotect tracker");
+        assert_eq!(t.overflows(), 0);
+        // Every other page written: each write adds two VMAs until the limit.
+        let pages = 2 * max + 64;
+        let m = Mapping::anonymous(pages * PAGE).expect("mmap");
+        let base = m.addr();
+        t.track(base, pages * PAGE).expect("track");
+        for p in (0..pages).step_by(2) {
+            poke(base, p, 1);
+        }
+        assert!(t.overflows() >= 1, "the overflow is counted");
+        let runs = harvest_pages(&mut t, base, 0, pages);
+        assert_eq!(runs, [(0, pages)], "degraded: the whole range is written");
+        assert_eq!(harvest_pages(&mut t, base, 0, pages), []);
+        poke(base, 5, 2);
+        assert_eq!(harvest_pages(&mut t, base, 0, pages), [(5, 6)]);
+    });
+}
