@@ -145,7 +145,7 @@ pub enum DirtyError {
 /// Tracks writes to page-aligned ranges of this process's memory.
 ///
 /// Addresses are passed as `usize`; ranges are `[start, start + len)` with both page-aligned.
-/// `harvest`, `prepare_kernel_write` and `reset` are async-signal-safe.
+/// `harvest`, `prepare_kernel_write`, `reset` and `untrack_all` are async-signal-safe.
 pub trait DirtyTracker: fmt::Debug + Send {
     /// The tracker's name as `CKPT_TRACKER` spells it.
     fn name(&self) -> &'static str;
@@ -188,8 +188,13 @@ pub trait DirtyTracker: fmt::Debug + Send {
     /// and need not be checkpointed.
     fn internal_ranges(&self, each: &mut dyn FnMut(usize, usize));
 
-    /// Stops tracking every range (as `untrack` on each); the tracker can be used again.
-    fn reset(&mut self);
+    /// Forgets the dirty set: every tracked page counts as clean from now, as if just tracked,
+    /// without being reported (after a full checkpoint).
+    fn reset(&mut self) -> Result<(), DirtyError>;
+
+    /// Stops tracking every range (as `untrack` on each, errors ignored); the tracker can be
+    /// used again.
+    fn untrack_all(&mut self);
 }
 
 /// The trackers this crate implements.

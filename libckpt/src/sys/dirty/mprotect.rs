@@ -425,7 +425,20 @@ impl DirtyTracker for Mprotect {
         }
     }
 
-    fn reset(&mut self) {
+    fn reset(&mut self) -> Result<(), DirtyError> {
+        for (start, len, bits) in SLOTS.iter().filter_map(Slot::get) {
+            // Protect first, then clear: if mprotect fails, no writable page is left with a clear
+            // bit (its writes would go unseen). Nothing writes in between: one thread.
+            Self::mprotect("mprotect(PROT_READ)", start, len, libc::PROT_READ)?;
+            for i in (0..len / PAGE).step_by(64) {
+                // SAFETY: the slot is live and `i` is inside its range.
+                unsafe { word(bits, i) }.store(0, Ordering::Relaxed);
+            }
+        }
+        Ok(())
+    }
+
+    fn untrack_all(&mut self) {
         for (i, slot) in SLOTS.iter().enumerate() {
             if let Some((s, l, _)) = slot.get() {
                 let _ = Self::mprotect("mprotect", s, l, RW);
@@ -437,7 +450,7 @@ impl DirtyTracker for Mprotect {
 
 impl Drop for Mprotect {
     fn drop(&mut self) {
-        self.reset();
+        self.untrack_all();
         ACTIVE.store(false, Ordering::Release);
     }
 }

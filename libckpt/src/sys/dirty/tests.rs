@@ -227,7 +227,7 @@ fn conformance(kind: TrackerKind) {
     t.untrack(gone_addr, gone_len)
         .expect("untrack an unmapped range");
 
-    // Two ranges, and reset.
+    // Two ranges, reset and untrack_all.
     let m2 = Mapping::anonymous(16 * PAGE).expect("mmap");
     t.track(base, 64 * PAGE).expect("track again");
     t.track(m2.addr(), 16 * PAGE).expect("track second");
@@ -242,13 +242,27 @@ fn conformance(kind: TrackerKind) {
     ];
     want.sort();
     assert_eq!(all, want);
-    t.reset();
-    poke(base, 1, 9);
-    poke(m2.addr(), 1, 9);
+    poke(base, 2, 9);
+    poke(m2.addr(), 3, 9);
+    t.reset().expect("reset");
+    assert_eq!(harvest_pages(t, base, 0, 64), [], "reset forgets writes");
+    assert_eq!(harvest_pages(t, m2.addr(), 0, 16), []);
+    poke(base, 2, 10);
+    poke(m2.addr(), 3, 10);
+    assert_eq!(harvest_pages(t, base, 0, 64), [(2, 3)], "reset re-arms");
+    assert_eq!(harvest_pages(t, m2.addr(), 0, 16), [(3, 4)]);
+    t.untrack_all();
+    poke(base, 1, 11);
+    poke(m2.addr(), 1, 11);
     assert_eq!(harvest_pages(t, base, 0, 64), []);
+    assert_eq!(harvest_pages(t, m2.addr(), 0, 16), []);
     let mut internal = 0;
     t.internal_ranges(&mut |_, _| internal += 1);
-    assert_eq!(internal, 0, "reset releases the tracker's per-range memory");
+    assert_eq!(internal, 0, "untrack_all releases the per-range memory");
+    t.track(m2.addr(), 16 * PAGE)
+        .expect("usable after untrack_all");
+    poke(m2.addr(), 0, 12);
+    assert_eq!(harvest_pages(t, m2.addr(), 0, 16), [(0, 1)]);
     println!("{kind}: conformance passed");
 }
 

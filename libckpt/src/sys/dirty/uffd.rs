@@ -421,7 +421,16 @@ impl DirtyTracker for UffdAsync {
         // share a tracked heap. Nothing needs to be kept out.
     }
 
-    fn reset(&mut self) {
+    fn reset(&mut self) -> Result<(), DirtyError> {
+        // Protecting every page again is what makes a page clean: PAGE_IS_WRITTEN is "not
+        // write-protected".
+        for &(s, e) in &self.ranges {
+            self.write_protect(s, e - s)?;
+        }
+        Ok(())
+    }
+
+    fn untrack_all(&mut self) {
         for &(s, e) in &self.ranges {
             let _ = self.unregister(s, e - s);
         }
@@ -433,6 +442,6 @@ impl Drop for UffdAsync {
     fn drop(&mut self) {
         // Closing the userfaultfd would unregister too; doing it explicitly clears the
         // protection bits at once rather than when the last reference to the file goes.
-        self.reset();
+        self.untrack_all();
     }
 }
