@@ -218,7 +218,7 @@ fn main() {
     let runs = env_usize("CKPT_BENCH_RUNS", 5).max(1);
 
     let mut trackers: Vec<Box<dyn DirtyTracker>> = Vec::new();
-    for kind in TrackerKind::ALL {
+    for kind in TrackerKind::all() {
         match kind.open() {
             Ok(t) => trackers.push(t),
             Err(e) => println!("SKIPPED {kind}: {e}"),

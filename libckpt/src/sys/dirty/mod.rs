@@ -207,8 +207,11 @@ pub enum TrackerKind {
 }
 
 impl TrackerKind {
-    /// Every kind, best first.
-    pub const ALL: [TrackerKind; 2] = [TrackerKind::UffdAsync, TrackerKind::Mprotect];
+    /// Every kind, best first. (A function, not an associated constant: cbindgen would export
+    /// the constant's type into the C header.)
+    pub fn all() -> [TrackerKind; 2] {
+        [TrackerKind::UffdAsync, TrackerKind::Mprotect]
+    }
 
     /// The name `CKPT_TRACKER` uses.
     pub fn name(self) -> &'static str {
@@ -220,7 +223,7 @@ impl TrackerKind {
 
     /// Parses a `CKPT_TRACKER` value.
     pub fn parse(s: &str) -> Result<TrackerKind, SelectError> {
-        TrackerKind::ALL
+        TrackerKind::all()
             .into_iter()
             .find(|k| k.name() == s.trim())
             .ok_or_else(|| SelectError::Unknown(s.to_owned()))
