@@ -52,9 +52,15 @@
 //! - Under `Mprotect`, code that writes tracked memory must not run with `SIGSEGV` blocked: a
 //!   fault on a blocked `SIGSEGV` kills the process. The checkpoint handler therefore must leave
 //!   `SIGSEGV` out of its mask if its callbacks write into tracked memory.
+//! - `harvest` re-arms at once: if the checkpoint then fails before it commits, the runs it
+//!   harvested are clean to the tracker but not saved. Keep them until the commit, or take a
+//!   full checkpoint after a failed one.
 //! - Regions created or grown after the last checkpoint count as dirty; the tracker only knows
-//!   the ranges it was given. Pages released with `MADV_DONTNEED` or a shrinking `brk` are not
-//!   reported as changed: capture learns about them from the region table.
+//!   the ranges it was given, and a shrinking `brk` or an `munmap` shows in the region table.
+//!   Not handled here: pages discarded with `MADV_DONTNEED` inside a tracked range read as zeros
+//!   but are not reported (allocators such as jemalloc rely on those zeros). Capture must find
+//!   them another way, e.g. by also saving which pages are populated
+//!   (`sys::mem::scan_populated`) and restoring the rest as zeros.
 //! - Transparent huge pages are reported whole (a write to one 4 KiB page of a 2 MiB page under
 //!   `UffdAsync` may report the 2 MiB page): a superset, never less.
 
