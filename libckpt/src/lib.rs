@@ -23,6 +23,8 @@ mod text;
 
 pub use config::{Config, ConfigError, LogLevel, Policy, RestoreMode};
 pub use error::{Error, Result};
+/// Dirty-page trackers for incremental checkpoints (also used by the benchmarks).
+pub use sys::dirty;
 
 /// Resumes from the last committed checkpoint of this program, if the configuration says so.
 ///

@@ -571,3 +571,19 @@ pub fn raise(sig: i32) {
     // SAFETY: no pointers.
     let _ = unsafe { sys!(libc::SYS_tgkill, getpid(), gettid(), sig) };
 }
+
+/// `userfaultfd(flags)`: a new userfaultfd, owned by the caller.
+pub fn userfaultfd(flags: i32) -> SysResult<i32> {
+    // SAFETY: no pointers.
+    unsafe { sys!(libc::SYS_userfaultfd, flags) }.map(|fd| fd as i32)
+}
+
+/// `ioctl(fd, request, arg)` with a pointer or integer argument.
+///
+/// # Safety
+/// When `request` makes the kernel read or write through `arg`, `arg` must point to memory of
+/// the layout and size that request expects, valid for the duration of the call.
+pub unsafe fn ioctl(fd: i32, request: u64, arg: usize) -> SysResult {
+    // SAFETY: the caller vouches for `arg` (see above).
+    unsafe { sys!(libc::SYS_ioctl, fd, request, arg) }
+}

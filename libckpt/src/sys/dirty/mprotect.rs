@@ -1,0 +1,456 @@
+//! The `mprotect` dirty tracker: read-only pages, a `SIGSEGV` handler that records and unprotects.
+//!
+//! libckpt's portable method. Tracking a range makes it `PROT_READ`; the first write to a page
+//! faults, the handler sets the page's bit in a bitmap allocated when the range was tracked and
+//! makes the page `PROT_READ | PROT_WRITE`, and the write is retried. A harvest walks the bitmap,
+//! clears the bits it reports and protects those pages again. Because `mprotect` works on the
+//! VMA, pages never touched are protected too.
+//!
+//! Costs and limits: one signal delivery plus one `mprotect` per first write (several µs); every
+//! protected run splits the VMA, so a scattered dirty set can reach `vm.max_map_count`, after
+//! which the handler counts the whole range as written and unprotects it in one piece (counted
+//! by [`Mprotect::overflows`]; the next harvest reports the whole range and protects it again); the
+//! kernel's own writes into a protected page fail with `EFAULT` (see the parent module:
+//! [`DirtyTracker::prepare_kernel_write`]); the `[stack]` must not be tracked unless signals are
+//! delivered on an alternate stack outside tracked memory (the kernel cannot push the signal
+//! frame onto a read-only stack); a later `SIGSEGV` handler that does not chain to ours breaks
+//! tracking.
+//!
+//! # Safety
+//!
+//! The handler's state is process-global: a fixed table of slots in statics, published with
+//! release stores and read with acquire loads, and bitmaps in mappings the tracker owns. Only one
+//! tracker exists at a time (`ACTIVE`), the process is single-threaded (the library's premise),
+//! and a slot is retired (length 0) before its bitmap is unmapped, so the handler never reads a
+//! freed bitmap. The handler uses only atomics and raw system calls. The previous `SIGSEGV`
+//! disposition is saved before ours is installed and the handler chains to it for faults that
+//! are not ours.
+#![allow(unsafe_code)]
+
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+
+use super::{DirtyError, DirtyTracker, RunMerger, TrackerKind, check_range};
+use crate::sys::mem::{Mapping, PAGE};
+use crate::sys::syscall::{self, Errno};
+
+const NAME: &str = "mprotect";
+/// Tracked ranges at most (the handler's table is static).
+const MAX_RANGES: usize = 256;
+const RW: i32 = libc::PROT_READ | libc::PROT_WRITE;
+/// `si_code` of a fault on a mapped page without the needed permission (asm-generic/siginfo.h).
+const SEGV_ACCERR: i32 = 2;
+
+/// One tracked range as the handler sees it. `len == 0`: free.
+struct Slot {
+    start: AtomicUsize,
+    len: AtomicUsize,
+    /// Address of the range's bitmap: one bit per page, in `u64` words.
+    bits: AtomicUsize,
+}
+
+impl Slot {
+    const fn new() -> Slot {
+        Slot {
+            start: AtomicUsize::new(0),
+            len: AtomicUsize::new(0),
+            bits: AtomicUsize::new(0),
+        }
+    }
+
+    /// The slot's range and bitmap if it is in use.
+    fn get(&self) -> Option<(usize, usize, usize)> {
+        let len = self.len.load(Ordering::Acquire);
+        (len != 0).then(|| {
+            (
+                self.start.load(Ordering::Relaxed),
+                len,
+                self.bits.load(Ordering::Relaxed),
+            )
+        })
+    }
+}
+
+static SLOTS: [Slot; MAX_RANGES] = [const { Slot::new() }; MAX_RANGES];
+/// A tracker exists.
+static ACTIVE: AtomicBool = AtomicBool::new(false);
+/// Our handler is installed (it stays installed: unhooking could break a handler installed
+/// after ours that chains to us).
+static INSTALLED: AtomicBool = AtomicBool::new(false);
+/// The `SIGSEGV` disposition before ours: handler address and `SA_*` flags.
+static PREV_HANDLER: AtomicUsize = AtomicUsize::new(libc::SIG_DFL);
+static PREV_FLAGS: AtomicUsize = AtomicUsize::new(0);
+/// Faults that hit the VMA limit and made a whole range dirty (see `on_segv`).
+static OVERFLOWS: AtomicUsize = AtomicUsize::new(0);
+
+/// The bitmap word holding page `index`'s bit.
+///
+/// # Safety
+/// `bits` must be the bitmap of a live slot and `index` a page of its range.
+unsafe fn word<'a>(bits: usize, index: usize) -> &'a AtomicU64 {
+    // SAFETY: the caller guarantees the bitmap covers `index`; the mapping is page-aligned and
+    // zero-initialised, a valid array of `AtomicU64`, and lives while the slot is in use.
+    unsafe { &*((bits as *const AtomicU64).add(index / 64)) }
+}
+
+/// Finds the live slot whose range holds `addr`: `(start, len, bits)`.
+fn lookup(addr: usize) -> Option<(usize, usize, usize)> {
+    SLOTS
+        .iter()
+        .filter_map(Slot::get)
+        .find(|&(s, l, _)| addr >= s && addr - s < l)
+}
+
+/// Writes a fixed message and aborts: the only way out of a handler that cannot continue.
+fn fatal(msg: &[u8]) -> ! {
+    let _ = syscall::write(2, msg);
+    // SAFETY: abort is async-signal-safe and does not return.
+    unsafe { libc::abort() }
+}
+
+extern "C" fn on_segv(sig: i32, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+    // SAFETY: the kernel passes a valid siginfo for an SA_SIGINFO handler.
+    let (code, addr) = unsafe { ((*info).si_code, (*info).si_addr() as usize) };
+    if code == SEGV_ACCERR
+        && let Some((start, len, bits)) = lookup(addr)
+    {
+        // A write to a page we protected (tracked ranges are read-write by contract).
+        let page = addr & !(PAGE - 1);
+        let index = (page - start) / PAGE;
+        // SAFETY: the slot is live and `index` is inside its range.
+        unsafe { word(bits, index) }.fetch_or(1 << (index % 64), Ordering::Relaxed);
+        // SAFETY: the page is tracked memory whose contract is read-write.
+        match unsafe { syscall::mprotect(page, PAGE, RW) } {
+            Ok(()) => return,
+            // Unprotecting one page splits the VMA; with scattered writes the process reaches
+            // vm.max_map_count. Degrade, visibly (`Mprotect::overflows`): the whole range
+            // counts as written and is unprotected in one piece, which merges its VMAs back.
+            Err(Errno(libc::ENOMEM)) => {
+                OVERFLOWS.fetch_add(1, Ordering::Relaxed);
+                for i in (0..len / PAGE).step_by(64) {
+                    // SAFETY: the slot is live and `i` is inside its range.
+                    unsafe { word(bits, i) }.store(u64::MAX, Ordering::Relaxed);
+                }
+                // SAFETY: as above, for the whole tracked range.
+                if unsafe { syscall::mprotect(start, len, RW) }.is_ok() {
+                    return;
+                }
+            }
+            Err(_) => {}
+        }
+        fatal(b"ckpt: mprotect dirty tracker: cannot unprotect a written page\n");
+    }
+    chain(sig, info, ctx);
+}
+
+/// Hands a fault that is not ours to the handler that was there before.
+fn chain(sig: i32, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+    let handler = PREV_HANDLER.load(Ordering::Acquire);
+    let flags = PREV_FLAGS.load(Ordering::Relaxed);
+    if handler == libc::SIG_DFL || handler == libc::SIG_IGN {
+        // Default action: put it back and return; the faulting instruction runs again and the
+        // kernel kills the process with SIGSEGV as if we had never been here. (Ignoring a
+        // synchronous SIGSEGV is not possible either: the kernel kills on it.)
+        let dfl = syscall::KernelSigaction::default();
+        // SAFETY: SIG_DFL needs no handler.
+        let _ = unsafe { syscall::sigaction(sig, Some(&dfl), None) };
+        return;
+    }
+    if flags & libc::SA_SIGINFO as usize != 0 {
+        // SAFETY: the previous disposition was installed with SA_SIGINFO, so its handler has
+        // this signature; it receives the kernel's own arguments.
+        let f: extern "C" fn(i32, *mut libc::siginfo_t, *mut libc::c_void) =
+            unsafe { core::mem::transmute(handler) };
+        f(sig, info, ctx);
+    } else {
+        // SAFETY: without SA_SIGINFO the previous handler takes the signal number only.
+        let f: extern "C" fn(i32) = unsafe { core::mem::transmute(handler) };
+        f(sig);
+    }
+}
+
+/// Installs the handler once per process, saving the previous disposition first.
+fn install() -> Result<(), DirtyError> {
+    if INSTALLED.load(Ordering::Acquire) {
+        return Ok(());
+    }
+    let err = |errno| DirtyError::Sys {
+        tracker: NAME,
+        op: "sigaction(SIGSEGV)",
+        start: 0,
+        len: 0,
+        errno,
+    };
+    // SAFETY: an all-zero sigaction is valid plain data.
+    let mut old: libc::sigaction = unsafe { core::mem::zeroed() };
+    // SAFETY: a query; `old` is a valid sigaction to fill.
+    if unsafe { libc::sigaction(libc::SIGSEGV, core::ptr::null(), &mut old) } != 0 {
+        return Err(err(Errno(libc::EINVAL)));
+    }
+    PREV_HANDLER.store(old.sa_sigaction, Ordering::Relaxed);
+    PREV_FLAGS.store(old.sa_flags as usize, Ordering::Release);
+    // SAFETY: an all-zero sigaction is valid plain data.
+    let mut act: libc::sigaction = unsafe { core::mem::zeroed() };
+    act.sa_sigaction = on_segv as *const () as usize;
+    // NODEFER: a chained handler may fault again; ONSTACK: a stack overflow still reaches a
+    // handler when the application set an alternate stack. The mask stays empty (a blocked
+    // synchronous SIGSEGV would kill the process).
+    act.sa_flags = libc::SA_SIGINFO | libc::SA_NODEFER | libc::SA_ONSTACK;
+    // SAFETY: `on_segv` is an extern "C" SA_SIGINFO handler doing only async-signal-safe work;
+    // glibc supplies the rt_sigreturn restorer.
+    if unsafe { libc::sigaction(libc::SIGSEGV, &act, core::ptr::null_mut()) } != 0 {
+        return Err(err(Errno(libc::EINVAL)));
+    }
+    INSTALLED.store(true, Ordering::Release);
+    Ok(())
+}
+
+/// The `mprotect` tracker. One per process at a time. See the module documentation.
+#[derive(Debug)]
+pub struct Mprotect {
+    /// The bitmap mapping of each slot in use, by slot index.
+    bitmaps: Vec<Option<Mapping>>,
+}
+
+impl Mprotect {
+    /// Installs the `SIGSEGV` handler (once per process) and claims the process-global state.
+    pub fn new() -> Result<Mprotect, DirtyError> {
+        if ACTIVE
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return Err(DirtyError::Busy { tracker: NAME });
+        }
+        if let Err(e) = install() {
+            ACTIVE.store(false, Ordering::Release);
+            return Err(e);
+        }
+        Ok(Mprotect {
+            bitmaps: (0..MAX_RANGES).map(|_| None).collect(),
+        })
+    }
+
+    /// How many times a write could not be tracked page by page because the process reached
+    /// `vm.max_map_count`, so its whole range was counted as written (a degraded harvest, still
+    /// a superset of the truth). Process-wide, since the process started.
+    pub fn overflows(&self) -> usize {
+        OVERFLOWS.load(Ordering::Relaxed)
+    }
+
+    fn mprotect(op: &'static str, start: usize, len: usize, prot: i32) -> Result<(), DirtyError> {
+        // SAFETY: only tracked ranges reach here: read-write memory by contract, made read-only
+        // while tracked, whose writes our handler resolves.
+        unsafe { syscall::mprotect(start, len, prot) }.map_err(|errno| DirtyError::Sys {
+            tracker: NAME,
+            op,
+            start,
+            len,
+            errno,
+        })
+    }
+
+    fn release(&mut self, i: usize) {
+        // Retire the slot before its bitmap goes, so the handler never reads freed memory.
+        SLOTS[i].len.store(0, Ordering::Release);
+        self.bitmaps[i] = None;
+    }
+}
+
+impl DirtyTracker for Mprotect {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn kind(&self) -> TrackerKind {
+        TrackerKind::Mprotect
+    }
+
+    fn track(&mut self, start: usize, len: usize) -> Result<(), DirtyError> {
+        check_range(NAME, start, len)?;
+        let end = start + len;
+        if SLOTS
+            .iter()
+            .filter_map(Slot::get)
+            .any(|(s, l, _)| s < end && start < s + l)
+        {
+            return Err(DirtyError::Overlap {
+                tracker: NAME,
+                start,
+                len,
+            });
+        }
+        let Some(i) = self.bitmaps.iter().position(Option::is_none) else {
+            return Err(DirtyError::TooManyRanges {
+                tracker: NAME,
+                max: MAX_RANGES,
+            });
+        };
+        let pages = len / PAGE;
+        let bitmap =
+            Mapping::anonymous(pages.div_ceil(64) * 8).map_err(|errno| DirtyError::Sys {
+                tracker: NAME,
+                op: "mmap bitmap",
+                start,
+                len,
+                errno,
+            })?;
+        SLOTS[i].start.store(start, Ordering::Relaxed);
+        SLOTS[i].bits.store(bitmap.addr(), Ordering::Relaxed);
+        SLOTS[i].len.store(len, Ordering::Release);
+        self.bitmaps[i] = Some(bitmap);
+        if let Err(e) = Self::mprotect("mprotect(PROT_READ)", start, len, libc::PROT_READ) {
+            // Part of the range may be protected already: undo before forgetting it.
+            let _ = Self::mprotect("mprotect", start, len, RW);
+            self.release(i);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    fn untrack(&mut self, start: usize, len: usize) -> Result<(), DirtyError> {
+        let Some(i) = SLOTS
+            .iter()
+            .position(|slot| slot.get().is_some_and(|(s, l, _)| (s, l) == (start, len)))
+        else {
+            return Err(DirtyError::NotTracked {
+                tracker: NAME,
+                start,
+                len,
+            });
+        };
+        let r = match Self::mprotect("mprotect(PROT_READ|PROT_WRITE)", start, len, RW) {
+            // Unmapped since: nothing to undo.
+            Err(DirtyError::Sys {
+                errno: Errno(libc::ENOMEM),
+                ..
+            }) => Ok(()),
+            r => r,
+        };
+        self.release(i);
+        r
+    }
+
+    fn harvest(
+        &mut self,
+        start: usize,
+        end: usize,
+        each: &mut dyn FnMut(usize, usize),
+    ) -> Result<(), DirtyError> {
+        let (start, end) = super::page_span(start, end);
+        // Slots are unordered; harvest in address order so runs come out sorted and merged.
+        let mut runs = RunMerger::new(each);
+        let mut result = Ok(());
+        let mut from = start;
+        while let Some((rs, rl, bits)) = SLOTS
+            .iter()
+            .filter_map(Slot::get)
+            .filter(|&(s, l, _)| s + l > from && s < end)
+            .min_by_key(|&(s, _, _)| s)
+        {
+            let first = (from.max(rs) - rs) / PAGE;
+            let last = (end.min(rs + rl) - rs).div_ceil(PAGE);
+            let mut page = first;
+            while page < last {
+                // SAFETY: the slot is live and `page` is inside its range.
+                let w = unsafe { word(bits, page) }.load(Ordering::Relaxed);
+                let bit = page % 64;
+                if w >> bit == 0 {
+                    page = (page - bit + 64).min(last);
+                    continue;
+                }
+                if w & (1 << bit) == 0 {
+                    page += 1;
+                    continue;
+                }
+                // A dirty run [page, run_end): clear its bits, then protect it again. Nothing
+                // writes tracked memory between the two (single thread, `each` not yet called);
+                // a write after the protection faults and is seen by the next harvest.
+                let mut run_end = page;
+                while run_end < last {
+                    // SAFETY: as above.
+                    let w = unsafe { word(bits, run_end) };
+                    let mask = 1u64 << (run_end % 64);
+                    if w.load(Ordering::Relaxed) & mask == 0 {
+                        break;
+                    }
+                    w.fetch_and(!mask, Ordering::Relaxed);
+                    run_end += 1;
+                }
+                let (a, b) = (rs + page * PAGE, rs + run_end * PAGE);
+                if let Err(e) = Self::mprotect("mprotect(PROT_READ)", a, b - a, libc::PROT_READ) {
+                    // The pages stay writable and unreported: mark them dirty again so the next
+                    // harvest retries rather than losing them.
+                    for p in page..run_end {
+                        // SAFETY: as above.
+                        unsafe { word(bits, p) }.fetch_or(1 << (p % 64), Ordering::Relaxed);
+                    }
+                    result = Err(e);
+                    break;
+                }
+                runs.push(a, b);
+                page = run_end;
+            }
+            if result.is_err() {
+                break;
+            }
+            from = rs + rl;
+        }
+        runs.finish();
+        result
+    }
+
+    fn prepare_kernel_write(&mut self, start: usize, len: usize) -> Result<(), DirtyError> {
+        let (lo, hi) = super::page_span(start, start.saturating_add(len));
+        for (rs, rl, bits) in SLOTS.iter().filter_map(Slot::get) {
+            let (a, b) = (lo.max(rs), hi.min(rs + rl));
+            if a >= b {
+                continue;
+            }
+            // Mark first: once writable, a write is no longer seen by the handler.
+            for p in (a - rs) / PAGE..(b - rs) / PAGE {
+                // SAFETY: the slot is live and `p` is inside its range.
+                unsafe { word(bits, p) }.fetch_or(1 << (p % 64), Ordering::Relaxed);
+            }
+            Self::mprotect("mprotect(PROT_READ|PROT_WRITE)", a, b - a, RW)?;
+        }
+        Ok(())
+    }
+
+    fn kernel_writes_transparent(&self) -> bool {
+        false
+    }
+
+    fn internal_ranges(&self, each: &mut dyn FnMut(usize, usize)) {
+        for m in self.bitmaps.iter().flatten() {
+            each(m.addr(), m.addr() + m.size());
+        }
+    }
+
+    fn reset(&mut self) -> Result<(), DirtyError> {
+        for (start, len, bits) in SLOTS.iter().filter_map(Slot::get) {
+            // Protect first, then clear: if mprotect fails, no writable page is left with a clear
+            // bit (its writes would go unseen). Nothing writes in between: one thread.
+            Self::mprotect("mprotect(PROT_READ)", start, len, libc::PROT_READ)?;
+            for i in (0..len / PAGE).step_by(64) {
+                // SAFETY: the slot is live and `i` is inside its range.
+                unsafe { word(bits, i) }.store(0, Ordering::Relaxed);
+            }
+        }
+        Ok(())
+    }
+
+    fn untrack_all(&mut self) {
+        for (i, slot) in SLOTS.iter().enumerate() {
+            if let Some((s, l, _)) = slot.get() {
+                let _ = Self::mprotect("mprotect", s, l, RW);
+                self.release(i);
+            }
+        }
+    }
+}
+
+impl Drop for Mprotect {
+    fn drop(&mut self) {
+        self.untrack_all();
+        ACTIVE.store(false, Ordering::Release);
+    }
+}
