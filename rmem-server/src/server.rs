@@ -856,8 +856,7 @@ fn put_direct(
         read_exact_vectored_crc(r, &mut slots, data_len, &mut crc)
     };
     let mut res = read();
-    if res.is_ok()
-        && crc32c::crc32c_combine(crc32c::crc32c(&h16), crc, data_len) != head.payload_crc
+    if res.is_ok() && proto::crc32c_combine(crc32c::crc32c(&h16), crc, data_len) != head.payload_crc
     {
         res = Err(ProtoError::PayloadChecksum {
             op: head.op as u16,
