@@ -420,7 +420,7 @@ impl Backend for Conn {
         if let Some(e) = &self.put_error {
             return Err(e.clone());
         }
-        let frame_crc = crc32c::crc32c_combine(crc32c::crc32c(&h), crc, data.len());
+        let frame_crc = proto::crc32c_combine(crc32c::crc32c(&h), crc, data.len());
         self.send_crc(
             Op::Put,
             Kind::Put,

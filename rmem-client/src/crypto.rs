@@ -98,6 +98,11 @@ impl Sealer {
 
     /// Seals `buf` in place (appending the tag). The nonce is unique per key because `salt` is
     /// drawn at random for every generation write and `index` counts the chunks of that write.
+    /// Whether chunks are sealed (AEAD) rather than stored as they are.
+    pub fn encrypts(&self) -> bool {
+        self.key.is_some()
+    }
+
     pub fn seal_chunk(
         &self,
         generation: u64,

@@ -162,6 +162,19 @@ pub fn encode(
     }
 }
 
+/// XOR parity of `data` (each zero-padded to `len`) into `out`, reusing its allocation: the first
+/// shard is copied and the others XORed in, with no separate zeroing pass.
+pub fn xor_parity_into(data: &[Vec<u8>], len: usize, out: &mut Vec<u8>) {
+    out.clear();
+    if let Some(d) = data.first() {
+        out.extend_from_slice(&d[..d.len().min(len)]);
+    }
+    out.resize(len, 0);
+    for d in data.iter().skip(1) {
+        xor_into(out, d);
+    }
+}
+
 /// Rebuilds the missing data shards of a stripe in place. `shards` holds k data then m redundancy
 /// shards (`None` = lost); `lens` the stored length of each data shard.
 pub fn reconstruct(
@@ -339,6 +352,29 @@ pub fn xor_into(dst: &mut [u8], src: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn xor_parity_into_matches_encode_and_crc_is_affine() {
+        let data: Vec<Vec<u8>> = (0..3u8)
+            .map(|i| (0..4096).map(|x| (x as u8).wrapping_mul(31) ^ i).collect())
+            .collect();
+        let refs: Vec<&[u8]> = data.iter().map(|d| d.as_slice()).collect();
+        let want = encode(Code::Xor, &refs, 1, 4096).unwrap();
+        let mut p = vec![9u8; 10];
+        xor_parity_into(&data, 4096, &mut p);
+        assert_eq!(p, want[0]);
+        // What the writer relies on to derive the parity CRC from the data shards' CRCs.
+        let z = crc32c::crc32c(&[0u8; 4096]);
+        let derived = data.iter().fold(0, |a, d| a ^ crc32c::crc32c(d));
+        assert_eq!(derived, crc32c::crc32c(&p), "odd count: no zero term");
+        let derived2 = crc32c::crc32c(&data[0]) ^ crc32c::crc32c(&data[1]) ^ z;
+        xor_parity_into(&data[..2], 4096, &mut p);
+        assert_eq!(derived2, crc32c::crc32c(&p), "even count: one zero term");
+        let short = vec![data[0][..100].to_vec(), data[1].clone()];
+        xor_parity_into(&short, 4096, &mut p);
+        let refs: Vec<&[u8]> = short.iter().map(|d| d.as_slice()).collect();
+        assert_eq!(p, encode(Code::Xor, &refs, 1, 4096).unwrap()[0]);
+    }
 
     fn shards(k: usize) -> Vec<Vec<u8>> {
         (0..k)

@@ -466,6 +466,9 @@ impl Pool {
             nchunks: 0,
             chunk_lens: Vec::new(),
             pending: Vec::new(),
+            pending_crcs: Vec::new(),
+            chunk_crc: 0,
+            zero_crc: None,
             stripes: Vec::new(),
             extents: Vec::new(),
             stream_pos: 0,
@@ -1562,6 +1565,12 @@ pub struct GenWriter<'p> {
     nchunks: usize,
     chunk_lens: Vec<u32>,
     pending: Vec<Vec<u8>>,
+    /// CRC32C of each pending chunk when it was computed while the chunk was filled (plaintext).
+    pending_crcs: Vec<Option<u32>>,
+    /// Running CRC32C of `chunk` (plaintext only: a sealed chunk is checksummed after sealing).
+    chunk_crc: u32,
+    /// (length, CRC32C of that many zero bytes), to derive XOR parity checksums.
+    zero_crc: Option<(usize, u32)>,
     stripes: Vec<Vec<ShardLoc>>,
     extents: Vec<Extent>,
     stream_pos: u64,
@@ -1602,7 +1611,16 @@ impl GenWriter<'_> {
                     off: off as u32,
                 }),
             }
-            self.chunk.extend_from_slice(&data[..n]);
+            if self.pool.sealer.encrypts() {
+                self.chunk.extend_from_slice(&data[..n]);
+            } else {
+                // Plaintext: the chunk is sent as it is, so checksum each piece right after
+                // copying it, while it is in cache, instead of a second pass over the chunk.
+                for piece in data[..n].chunks(64 << 10) {
+                    self.chunk.extend_from_slice(piece);
+                    self.chunk_crc = crc32c::crc32c_append(self.chunk_crc, piece);
+                }
+            }
             addr += n as u64;
             data = &data[n..];
             if self.chunk.len() == self.chunk_size {
@@ -1617,6 +1635,7 @@ impl GenWriter<'_> {
         self.chunk_lens.push(plain_len);
         self.nchunks += 1;
         self.pending.push(sealed);
+        self.pending_crcs.push(None);
         if self.pending.len() == self.k {
             self.write_stripe()?;
         }
@@ -1636,6 +1655,9 @@ impl GenWriter<'_> {
             .seal_chunk(self.generation, self.salt, idx, &mut buf)?;
         self.nchunks += 1;
         self.pending.push(buf);
+        let crc = std::mem::take(&mut self.chunk_crc);
+        self.pending_crcs
+            .push((!self.pool.sealer.encrypts()).then_some(crc));
         if self.pending.len() == self.k {
             self.write_stripe()?;
         }
@@ -1788,11 +1810,45 @@ impl GenWriter<'_> {
     fn write_stripe(&mut self) -> Result<()> {
         let s = self.stripes.len();
         let data = std::mem::take(&mut self.pending);
+        let mut crcs = std::mem::take(&mut self.pending_crcs);
+        // Data shards not checksummed while they were filled (sealed chunks) are checksummed now.
+        for (c, d) in crcs.iter_mut().zip(&data) {
+            c.get_or_insert_with(|| crc32c::crc32c(d));
+        }
+        let mut crcs: Vec<u32> = crcs.into_iter().flatten().collect();
         // Mirror copies share the data shard's buffer and checksum: no copy, no second pass.
         let mut shards: Vec<Option<Shard>> = Vec::with_capacity(self.k + self.m);
         if self.code == Code::Copy {
             let d = data.into_iter().next().map(Arc::new);
+            let c = crcs.first().copied().unwrap_or(0);
             shards.extend((0..=self.m).map(|_| d.clone()));
+            crcs = vec![c; self.m + 1];
+        } else if self.code == Code::Xor && self.m == 1 {
+            // XOR parity into a reused buffer (no fresh zeroed megabyte per stripe). Its CRC32C
+            // follows from the data shards' ones when they are all full length, CRC32C being
+            // affine: crc(a ^ b) = crc(a) ^ crc(b) ^ crc(zeros).
+            let len = erasure::coded_len(data.iter().map(|d| d.len()).max().unwrap_or(0));
+            let mut p = self.free_bufs.pop().unwrap_or_default();
+            erasure::xor_parity_into(&data, len, &mut p);
+            let pcrc = if data.len() == self.k && data.iter().all(|d| d.len() == len) {
+                let z = match self.zero_crc {
+                    Some((l, z)) if l == len => z,
+                    _ => {
+                        let z = crc32c::crc32c(&vec![0u8; len]);
+                        self.zero_crc = Some((len, z));
+                        z
+                    }
+                };
+                let even = self.k.is_multiple_of(2);
+                crcs.iter().fold(if even { z } else { 0 }, |a, c| a ^ c)
+            } else {
+                crc32c::crc32c(&p)
+            };
+            shards.extend(data.into_iter().map(|d| Some(Arc::new(d))));
+            shards.resize(self.k, None);
+            crcs.resize(self.k, 0);
+            shards.push(Some(Arc::new(p)));
+            crcs.push(pcrc);
         } else {
             let red = {
                 let refs: Vec<&[u8]> = (0..self.k)
@@ -1803,24 +1859,19 @@ impl GenWriter<'_> {
             };
             shards.extend(data.into_iter().map(|d| Some(Arc::new(d))));
             shards.resize(self.k, None);
+            crcs.resize(self.k, 0);
+            crcs.extend(red.iter().map(|r| crc32c::crc32c(r)));
             shards.extend(red.into_iter().map(|r| Some(Arc::new(r))));
         }
-        let mut crc0 = None;
         let locs = shards
             .iter()
-            .map(|x| match x {
-                Some(d) => {
-                    let crc = match (self.code, crc0) {
-                        (Code::Copy, Some(c)) => c,
-                        _ => crc32c::crc32c(d),
-                    };
-                    crc0.get_or_insert(crc);
-                    ShardLoc {
-                        target: LOST,
-                        len: d.len() as u32,
-                        crc,
-                    }
-                }
+            .zip(&crcs)
+            .map(|(x, &crc)| match x {
+                Some(d) => ShardLoc {
+                    target: LOST,
+                    len: d.len() as u32,
+                    crc,
+                },
                 None => ShardLoc {
                     target: LOST,
                     len: 0,

@@ -56,6 +56,24 @@ fn start_server(dir: &std::path::Path, n: usize, capacity: u64) -> Server {
     Server { child, addr, admin }
 }
 
+/// CPU time (user + system, all threads) used so far by this process and the given servers, in
+/// seconds, from /proc (clock ticks, 100 per second).
+fn cpu_secs(servers: &[&Server]) -> f64 {
+    let ticks = |path: String| -> u64 {
+        let s = std::fs::read_to_string(path).unwrap_or_default();
+        // Fields after the command name, which is in parentheses: utime and stime are 14 and 15.
+        let rest = s.rsplit_once(')').map_or("", |x| x.1);
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let get = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        get(11) + get(12)
+    };
+    let mut t = ticks("/proc/self/stat".into());
+    for s in servers {
+        t += ticks(format!("/proc/{}/stat", s.child.id()));
+    }
+    t as f64 / 100.0
+}
+
 fn gbps(bytes: u64, d: Duration) -> f64 {
     bytes as f64 / d.as_secs_f64() / 1e9
 }
@@ -204,6 +222,7 @@ fn main() {
         ("rs:2+2", vec![4]),
     ];
     let mut g = 1;
+    let (mut cpu_raw, mut cpu_w, mut cpu_rows) = (vec![], vec![], vec![]);
     for (mode, counts) in &modes {
         if only.as_ref().is_some_and(|o| !o.iter().any(|m| m == mode)) {
             continue;
@@ -216,8 +235,13 @@ fn main() {
                 let (mut raw, mut w, mut r, mut wx, mut rx) =
                     (vec![], vec![], vec![], vec![], vec![]);
                 for _ in 0..repeat {
+                    let c0 = cpu_secs(&srv);
                     let rg = gbps(bytes, raw_tcp(&data));
+                    let c1 = cpu_secs(&srv);
                     let wg = gbps(bytes, write_gen(&mut pool, g, &data));
+                    let c2 = cpu_secs(&srv);
+                    cpu_raw.push(c1 - c0);
+                    cpu_w.push(c2 - c1);
                     let dg = gbps(bytes, read_gen(&mut pool, g, bytes));
                     pool.free_generation(g).expect("free");
                     g += 1;
@@ -229,6 +253,15 @@ fn main() {
                 }
                 let red: Redundancy = mode.parse().expect("mode");
                 let (_, k, m) = rmem_client::erasure::geometry(red, n).expect("geometry");
+                let gib = bytes as f64 / f64::from(1u32 << 30);
+                cpu_rows.push(format!(
+                    "{:<10} {:>3} {:>5} {:>13.2} {:>15.2}",
+                    mode,
+                    n,
+                    if enc { "yes" } else { "no" },
+                    median(std::mem::take(&mut cpu_raw)) / gib,
+                    median(std::mem::take(&mut cpu_w)) / gib
+                ));
                 let wire = (k + m) as f64 / k as f64;
                 let wxm = median(wx);
                 println!(
@@ -245,6 +278,19 @@ fn main() {
                 );
             }
         }
+    }
+
+    // CPU seconds per GiB (this process and its servers, user + system): whether the pool's
+    // write is short of CPU on this machine, or waits.
+    println!(
+        "\nCPU time per GiB written (s, user+system, client and servers; medians; 2 cores = 2 s per wall second):"
+    );
+    println!(
+        "{:<10} {:>3} {:>5} {:>13} {:>15}",
+        "mode", "srv", "aead", "raw TCP", "pool write"
+    );
+    for l in &cpu_rows {
+        println!("{l}");
     }
 
     // Migration on revocation: 1 GiB on one server, moved to the spare before the deadline.
