@@ -95,26 +95,60 @@ pub struct PageRegion {
     pub categories: u64,
 }
 
+/// `struct pm_scan_arg` of linux/fs.h, the argument of the `PAGEMAP_SCAN` ioctl.
 #[repr(C)]
 #[derive(Debug, Default)]
-struct PmScanArg {
-    size: u64,
-    flags: u64,
-    start: u64,
-    end: u64,
-    walk_end: u64,
-    vec: u64,
-    vec_len: u64,
-    max_pages: u64,
-    category_inverted: u64,
-    category_mask: u64,
-    category_anyof_mask: u64,
-    return_mask: u64,
+pub struct PmScanArg {
+    /// `size_of::<PmScanArg>()`.
+    pub size: u64,
+    /// `PM_SCAN_*` flags.
+    pub flags: u64,
+    /// First address.
+    pub start: u64,
+    /// One past the last address.
+    pub end: u64,
+    /// Set by the kernel: where the walk stopped.
+    pub walk_end: u64,
+    /// Output vector of [`PageRegion`]s.
+    pub vec: u64,
+    /// Entries in `vec`.
+    pub vec_len: u64,
+    /// Most pages to report (0: no limit).
+    pub max_pages: u64,
+    /// Categories that count when absent.
+    pub category_inverted: u64,
+    /// Categories that must all match.
+    pub category_mask: u64,
+    /// Categories of which one must match.
+    pub category_anyof_mask: u64,
+    /// Categories to report.
+    pub return_mask: u64,
 }
 
 /// `PAGEMAP_SCAN`: `_IOWR('f', 16, struct pm_scan_arg)`.
 const PAGEMAP_SCAN: u64 =
     0xC000_0000 | ((size_of::<PmScanArg>() as u64) << 16) | (b'f' as u64) << 8 | 16;
+
+/// Issues `PAGEMAP_SCAN` on `pagemap_fd` (an open `/proc/self/pagemap`); returns the number of
+/// entries the kernel filled.
+///
+/// # Safety
+/// `arg.vec` must point to `arg.vec_len` writable [`PageRegion`]s that outlive the call, and
+/// `arg.size` must be `size_of::<PmScanArg>()`.
+pub unsafe fn pagemap_scan(pagemap_fd: i32, arg: &mut PmScanArg) -> SysResult {
+    // SAFETY: the caller guarantees the output vector; the kernel reads and updates `arg`.
+    unsafe {
+        syscall::syscall6(
+            libc::SYS_ioctl,
+            pagemap_fd as usize,
+            PAGEMAP_SCAN as usize,
+            arg as *mut PmScanArg as usize,
+            0,
+            0,
+            0,
+        )
+    }
+}
 /// Page is present in memory.
 pub const PAGE_IS_PRESENT: u64 = 1 << 3;
 /// Page is swapped out.
@@ -168,17 +202,7 @@ pub fn scan_populated(
         };
         // SAFETY: `arg` is a valid pm_scan_arg whose vec points to `buf`, which the kernel fills
         // with at most `buf.len()` entries.
-        let n = unsafe {
-            syscall::syscall6(
-                libc::SYS_ioctl,
-                pagemap_fd as usize,
-                PAGEMAP_SCAN as usize,
-                &mut arg as *mut PmScanArg as usize,
-                0,
-                0,
-                0,
-            )
-        };
+        let n = unsafe { pagemap_scan(pagemap_fd, &mut arg) };
         let n = match n {
             Ok(n) => n,
             Err(e) => return Ok(Err(e)),

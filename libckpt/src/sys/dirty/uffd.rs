@@ -22,7 +22,7 @@
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use super::{DirtyError, DirtyTracker, RunMerger, TrackerKind, check_range};
-use crate::sys::mem::PageRegion;
+use crate::sys::mem::{PageRegion, PmScanArg, pagemap_scan};
 use crate::sys::syscall::{self, Errno};
 
 const NAME: &str = "uffd-async";
@@ -87,24 +87,7 @@ const UFFDIO_WRITEPROTECT: u64 = ioc(
     size_of::<UffdioWriteprotect>(),
 );
 
-// linux/fs.h: PAGEMAP_SCAN. `sys::mem` keeps its own copy private to the populated-page scan.
-#[repr(C)]
-#[derive(Default)]
-struct PmScanArg {
-    size: u64,
-    flags: u64,
-    start: u64,
-    end: u64,
-    walk_end: u64,
-    vec: u64,
-    vec_len: u64,
-    max_pages: u64,
-    category_inverted: u64,
-    category_mask: u64,
-    category_anyof_mask: u64,
-    return_mask: u64,
-}
-const PAGEMAP_SCAN: u64 = ioc(IOC_READ | IOC_WRITE, b'f', 16, size_of::<PmScanArg>());
+// linux/fs.h: PAGEMAP_SCAN flags and categories (the argument struct is `sys::mem::PmScanArg`).
 /// Write-protect the pages the scan matches.
 const PM_SCAN_WP_MATCHING: u64 = 1 << 0;
 /// Fail (`EPERM`) on a VMA not registered for asynchronous write-protection, rather than
@@ -241,13 +224,7 @@ impl UffdAsync {
         };
         // SAFETY: `arg` is a valid `struct pm_scan_arg` whose `vec` points to `self.buf`, which
         // the kernel fills with at most `vec_len` entries during the call.
-        let n = unsafe {
-            syscall::ioctl(
-                self.pagemap.as_raw_fd(),
-                PAGEMAP_SCAN,
-                &mut arg as *mut PmScanArg as usize,
-            )
-        }?;
+        let n = unsafe { pagemap_scan(self.pagemap.as_raw_fd(), &mut arg) }?;
         Ok((n.min(self.buf.len()), arg.walk_end as usize))
     }
 
