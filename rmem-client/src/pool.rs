@@ -1039,24 +1039,37 @@ impl Pool {
     ) -> Vec<(Handle, usize, usize)> {
         let mut order = Vec::new();
         for &(s, j) in wanted {
-            let l = man.stripes[s][j];
-            if l.target == LOST {
-                continue;
-            }
-            let Some(h) = self.resolve(&man.targets[l.target as usize], disk_as) else {
-                continue;
-            };
-            let r = self
-                .backend(h)
-                .map(|b| b.send_get(man.generation, shard_key(s, j)));
-            match r {
-                Some(Ok(())) => order.push((h, s, j)),
-                Some(Err(e)) => self.note_error(h, &e),
-                None => {}
-            }
+            self.request_shard(man, disk_as, s, j, &mut order);
         }
         self.flush_requests(&order);
         order
+    }
+
+    /// Sends a GET for shard `j` of stripe `s` to wherever it lives (skipping a lost one) and
+    /// records where it went in `order`; a failing backend is noted, not fatal.
+    fn request_shard(
+        &mut self,
+        man: &Manifest,
+        disk_as: Handle,
+        s: usize,
+        j: usize,
+        order: &mut Vec<(Handle, usize, usize)>,
+    ) {
+        let l = man.stripes[s][j];
+        if l.target == LOST {
+            return;
+        }
+        let Some(h) = self.resolve(&man.targets[l.target as usize], disk_as) else {
+            return;
+        };
+        match self
+            .backend(h)
+            .map(|b| b.send_get(man.generation, shard_key(s, j)))
+        {
+            Some(Ok(())) => order.push((h, s, j)),
+            Some(Err(e)) => self.note_error(h, &e),
+            None => {}
+        }
     }
 
     /// Second half of [`Pool::fetch_pipelined`]: collects the answers, keeping intact shards.
@@ -1303,23 +1316,8 @@ impl Pool {
         let mut order: Vec<(Handle, usize, usize)> = Vec::new();
         for s in range.clone() {
             for j in 0..k {
-                if !Self::real_shard(man, s, j) {
-                    continue;
-                }
-                let l = man.stripes[s][j];
-                if l.target == LOST {
-                    continue;
-                }
-                let Some(h) = self.resolve(&man.targets[l.target as usize], disk_as) else {
-                    continue;
-                };
-                let r = self
-                    .backend(h)
-                    .map(|b| b.send_get(man.generation, shard_key(s, j)));
-                match r {
-                    Some(Ok(())) => order.push((h, s, j)),
-                    Some(Err(e)) => self.note_error(h, &e),
-                    None => {}
+                if Self::real_shard(man, s, j) {
+                    self.request_shard(man, disk_as, s, j, &mut order);
                 }
             }
         }
