@@ -1089,6 +1089,8 @@ impl Pool {
                     let l = man.stripes[s][j];
                     if d.len() == l.len as usize && crc == l.crc {
                         got.insert((s, j), d);
+                    } else {
+                        tracing::warn!(source = %self.name_of(h), stripe = s, shard = j, "shard failed its checksum");
                     }
                 }
                 Err(e) => self.note_error(h, &e),
@@ -1312,33 +1314,12 @@ impl Pool {
         range: std::ops::Range<usize>,
     ) -> Vec<Result<Vec<Vec<u8>>>> {
         let k = man.k as usize;
-        let mut got: HashMap<(usize, usize), Vec<u8>> = HashMap::new();
-        let mut order: Vec<(Handle, usize, usize)> = Vec::new();
-        for s in range.clone() {
-            for j in 0..k {
-                if Self::real_shard(man, s, j) {
-                    self.request_shard(man, disk_as, s, j, &mut order);
-                }
-            }
-        }
-        self.flush_requests(&order);
-        for (h, s, j) in order {
-            let r = match self.backend(h) {
-                Some(b) => b.recv_get_crc(),
-                None => continue,
-            };
-            match r {
-                Ok((b, crc)) => {
-                    let l = man.stripes[s][j];
-                    if b.len() == l.len as usize && crc == l.crc {
-                        got.insert((s, j), b);
-                    } else {
-                        tracing::warn!(source = %self.name_of(h), stripe = s, shard = j, "shard failed its checksum");
-                    }
-                }
-                Err(e) => self.note_error(h, &e),
-            }
-        }
+        let wanted: Vec<(usize, usize)> = range
+            .clone()
+            .flat_map(|s| (0..k).map(move |j| (s, j)))
+            .filter(|&(s, j)| Self::real_shard(man, s, j))
+            .collect();
+        let mut got = self.fetch_pipelined(man, disk_as, &wanted);
         let mut out = Vec::new();
         for s in range {
             let mut chunks = Vec::with_capacity(k);
