@@ -25,7 +25,7 @@ use crate::sys::maps;
 use crate::sys::mem::{PAGE, Scan, page_ceil, page_floor, scan_populated};
 use crate::sys::signals;
 use crate::sys::syscall::{self, Errno};
-use crate::text::{Bytes, FixedStr};
+use crate::text::{Bytes, FixedStr, parse_dec};
 
 /// What a committed checkpoint cost.
 #[derive(Debug, Clone, Copy, Default)]
@@ -731,15 +731,6 @@ const WHOLE: u32 = 1 << 29;
 
 /// Bytes of image written between two writeback kicks.
 const WRITEBACK_BATCH: u64 = 16 << 20;
-
-fn parse_dec(s: &[u8]) -> Option<u64> {
-    if s.is_empty() || s.len() > 19 {
-        return None;
-    }
-    s.iter().try_fold(0u64, |a, &b| {
-        b.is_ascii_digit().then(|| a * 10 + (b - b'0') as u64)
-    })
-}
 
 /// Copies a path into a NUL-terminated buffer.
 fn cstr(s: &[u8]) -> [u8; 4097] {

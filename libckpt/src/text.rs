@@ -93,6 +93,18 @@ impl fmt::Display for Bytes<'_> {
     }
 }
 
+/// Parses a decimal number of 1 to 20 ASCII digits without overflow (kernel-produced text:
+/// inode numbers, descriptor and thread ids); `None` for anything else.
+pub fn parse_dec(s: &[u8]) -> Option<u64> {
+    if s.is_empty() || s.len() > 20 {
+        return None;
+    }
+    s.iter().try_fold(0u64, |acc, &b| {
+        acc.checked_mul(10)?
+            .checked_add((b as char).to_digit(10)? as u64)
+    })
+}
+
 /// Writes one formatted line to stderr with a single `write(2)`, without allocating.
 pub fn log_line(args: fmt::Arguments<'_>) {
     let mut line = FixedStr::<1024>::new();

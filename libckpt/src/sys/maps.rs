@@ -110,7 +110,7 @@ fn parse_line(line: &[u8]) -> Option<MapEntry<'_>> {
     let dev = fields.next()?;
     let colon = dev.iter().position(|&b| b == b':')?;
     let dev = (hex(&dev[..colon])? << 32) | hex(&dev[colon + 1..])?;
-    let inode = dec(fields.next()?)?;
+    let inode = crate::text::parse_dec(fields.next()?)?;
     // The path is the rest of the line after the padding; it may contain spaces.
     let path = fields.rest_trimmed();
     Some(MapEntry {
@@ -154,16 +154,6 @@ fn hex(s: &[u8]) -> Option<u64> {
     }
     s.iter().try_fold(0u64, |acc, &b| {
         Some(acc << 4 | (b as char).to_digit(16)? as u64)
-    })
-}
-
-fn dec(s: &[u8]) -> Option<u64> {
-    if s.is_empty() || s.len() > 20 {
-        return None;
-    }
-    s.iter().try_fold(0u64, |acc, &b| {
-        acc.checked_mul(10)?
-            .checked_add((b as char).to_digit(10)? as u64)
     })
 }
 
