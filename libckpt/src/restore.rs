@@ -15,7 +15,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use crate::config::{Config, LogLevel, RestoreMode};
+use crate::config::{Config, RestoreMode};
 use crate::error::{Error, Result};
 use crate::image::{self, FILE_REGULAR, FormatError, Manifest};
 use crate::runtime::{self, Runtime, log_at};
@@ -180,12 +180,6 @@ fn check_files(m: &Manifest, image: &Path) -> Result<()> {
     Ok(())
 }
 
-fn log(cfg: &Config, level: LogLevel, args: core::fmt::Arguments<'_>) {
-    if cfg.log >= level {
-        crate::text::log_line(args);
-    }
-}
-
 /// `ckpt::restore`.
 pub fn restore(cfg: &Config) -> Result<()> {
     let Some(dir) = cfg.store_dir.as_deref() else {
@@ -229,13 +223,11 @@ pub fn restore(cfg: &Config) -> Result<()> {
         let (m, file) = match loaded {
             Ok(v) => v,
             Err(Reject::Corrupt(reason)) => {
-                log(
+                log_at!(
                     cfg,
-                    LogLevel::Info,
-                    format_args!(
-                        "checkpoint {} is unusable ({reason}); trying the previous one",
-                        g.path.display()
-                    ),
+                    Info,
+                    "checkpoint {} is unusable ({reason}); trying the previous one",
+                    g.path.display()
                 );
                 rejected.push((g.number, reason.to_string()));
                 continue;
@@ -253,25 +245,21 @@ pub fn restore(cfg: &Config) -> Result<()> {
             );
         }
         if !rejected.is_empty() {
-            log(
+            log_at!(
                 cfg,
-                LogLevel::Info,
-                format_args!(
-                    "falling back to generation {} after {} unusable newer one(s)",
-                    g.number,
-                    rejected.len()
-                ),
+                Info,
+                "falling back to generation {} after {} unusable newer one(s)",
+                g.number,
+                rejected.len()
             );
         }
-        log(
+        log_at!(
             cfg,
-            LogLevel::Info,
-            format_args!(
-                "restoring generation {} from {} ({:.1} MiB)",
-                g.number,
-                g.path.display(),
-                m.header.data_len as f64 / 1048576.0
-            ),
+            Info,
+            "restoring generation {} from {} ({:.1} MiB)",
+            g.number,
+            g.path.display(),
+            m.header.data_len as f64 / 1048576.0
         );
         let fd = std::os::fd::IntoRawFd::into_raw_fd(file);
         let err =
@@ -326,7 +314,7 @@ pub(crate) fn after_restore(rt: &mut Runtime, info_addr: usize) {
         // SAFETY: the restored thread descriptor holds glibc's rseq area at this offset.
         if !unsafe { glibc::rseq_register(r, syscall::get_fs_base(), info.process.rseq_len) } {
             log_at!(
-                rt,
+                rt.cfg,
                 Info,
                 "could not re-register the rseq area; sched_getcpu may report a stale CPU"
             );
@@ -354,9 +342,7 @@ pub(crate) fn after_restore(rt: &mut Runtime, info_addr: usize) {
     let dents = unsafe { &mut *rt.arena }.dents as *mut [u8];
     // SAFETY: as above; the slice is not aliased during this call.
     let _ = store::each_dirent(b"/proc/self/fd\0", unsafe { &mut *dents }, |name| {
-        let fd = name.iter().try_fold(0i32, |a, &b| {
-            b.is_ascii_digit().then(|| a * 10 + (b - b'0') as i32)
-        });
+        let fd = crate::text::parse_dec(name).and_then(|v| i32::try_from(v).ok());
         if let Some(fd) = fd
             && fd > 2
             && fd != rt.dir_fd
@@ -407,7 +393,7 @@ pub(crate) fn after_restore(rt: &mut Runtime, info_addr: usize) {
     rt.last_error = None;
     let ms = (syscall::monotonic_ns() - info.started_ns) as f64 / 1e6;
     log_at!(
-        rt,
+        rt.cfg,
         Info,
         "restored generation {} ({:.1} MiB) in {:.1} ms; continuing",
         info.generation,
@@ -429,7 +415,7 @@ fn reopen(rt: &Runtime, info: &RestoreInfo, f: &image::FileRec) {
         Ok(fd) => fd,
         Err(e) => {
             log_at!(
-                rt,
+                rt.cfg,
                 Info,
                 "could not reopen {} at fd {}: {e}",
                 crate::text::Bytes(path.as_bytes()),

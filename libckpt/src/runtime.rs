@@ -58,9 +58,10 @@ static RUNTIME: AtomicPtr<Runtime> = AtomicPtr::new(core::ptr::null_mut());
 /// `init` ran with checkpointing off (no store): `checkpoint_now` and `exclude` do nothing.
 static OFF: AtomicBool = AtomicBool::new(false);
 
+/// Logs a line when the configuration's level is at least `$lvl`.
 macro_rules! log_at {
-    ($rt:expr, $lvl:ident, $($arg:tt)*) => {
-        if $rt.cfg.log >= LogLevel::$lvl {
+    ($cfg:expr, $lvl:ident, $($arg:tt)*) => {
+        if $cfg.log >= $crate::config::LogLevel::$lvl {
             crate::text::log_line(format_args!($($arg)*));
         }
     };
@@ -227,7 +228,7 @@ pub fn init(cfg: Config) -> Result<()> {
         unsafe { on_exit(on_program_exit, core::ptr::null_mut()) };
     }
     log_at!(
-        r,
+        r.cfg,
         Info,
         "checkpointing into {} {}, policy sequential, keeping {} (pages found by {})",
         dir.display(),
@@ -279,7 +280,7 @@ pub(crate) fn restart_timer(rt: &mut Runtime) {
     }
     if rt.timer.is_none() && rt.cfg.interval.is_some() {
         log_at!(
-            rt,
+            rt.cfg,
             Info,
             "could not re-create the checkpoint timer after restore; only checkpoint_now will work"
         );
@@ -328,7 +329,11 @@ extern "C" fn on_program_exit(status: i32, _arg: *mut c_void) {
         let _ = signals::timer_delete(id);
     }
     if status != 0 {
-        log_at!(r, Info, "exiting with status {status}; checkpoints kept");
+        log_at!(
+            r.cfg,
+            Info,
+            "exiting with status {status}; checkpoints kept"
+        );
         return;
     }
     // A checkpoint can only be in progress here if exit() was called from inside one (every
@@ -344,7 +349,7 @@ extern "C" fn on_program_exit(status: i32, _arg: *mut c_void) {
     // SAFETY: as above.
     let removed = store::remove_all(r.dir_fd, unsafe { &mut *dents });
     log_at!(
-        r,
+        r.cfg,
         Info,
         "finished normally; removed {removed} checkpoint file(s)"
     );
@@ -454,7 +459,7 @@ fn checkpoint(rt: *mut Runtime, mask: u64) -> core::result::Result<Outcome, RawE
                 let ms = (syscall::monotonic_ns() - t0) as f64 / 1e6;
                 let mib = stats.data_bytes as f64 / (1 << 20) as f64;
                 log_at!(
-                    r,
+                    r.cfg,
                     Info,
                     "checkpoint {} committed: {:.1} MiB in {} runs, {:.1} ms ({:.0} MiB/s)",
                     stats.generation,
@@ -464,7 +469,7 @@ fn checkpoint(rt: *mut Runtime, mask: u64) -> core::result::Result<Outcome, RawE
                     mib / (ms / 1e3).max(1e-9)
                 );
                 log_at!(
-                    r,
+                    r.cfg,
                     Debug,
                     "checkpoint {}: {} regions ({} with saved contents), {} open files, image {} bytes ({})",
                     stats.generation,
@@ -484,7 +489,7 @@ fn checkpoint(rt: *mut Runtime, mask: u64) -> core::result::Result<Outcome, RawE
                 r.failed += 1;
                 r.last_error = Some(e);
                 log_at!(
-                    r,
+                    r.cfg,
                     Info,
                     "checkpoint {} failed, the previous checkpoint is intact: {}",
                     r.next_gen,
