@@ -30,6 +30,25 @@ pub mod cap {
     pub const FILES: usize = 4 << 10;
     /// `PAGEMAP_SCAN` output entries per call.
     pub const SCAN: usize = 16 << 10;
+    /// Runs of written pages harvested for one incremental checkpoint.
+    pub const DIRTY: usize = 1 << 20;
+    /// Ranges the dirty tracker watches.
+    pub const TRACKED: usize = 2048;
+}
+
+/// One range the dirty tracker watched at the start of a capture.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Tracked {
+    /// The range.
+    pub start: usize,
+    /// See `start`.
+    pub end: usize,
+    /// Its harvested runs: `dirty[first..last]`.
+    pub first: usize,
+    /// See `first`.
+    pub last: usize,
+    /// Harvested, still the same mapping, still tracked: its dirty runs are the truth.
+    pub intact: bool,
 }
 
 /// Longest page run: long enough for sequential I/O, short enough that a damaged run is found
@@ -66,6 +85,10 @@ pub struct Arena {
     pub scan: &'static mut [PageRegion],
     /// Holds a run read through `/proc/self/mem` (memory without read permission).
     pub bounce: &'static mut [u8],
+    /// Harvested runs of written pages, `(start, end)`.
+    pub dirty: &'static mut [(usize, usize)],
+    /// The tracker's ranges at the start of a capture.
+    pub tracked: &'static mut [Tracked],
 }
 
 struct Carver {
@@ -110,8 +133,10 @@ impl Arena {
             + 64 * size_of::<SignalRec>()
             + cap::SCAN * size_of::<PageRegion>()
             + RUN_MAX
+            + cap::DIRTY * size_of::<(usize, usize)>()
+            + cap::TRACKED * size_of::<Tracked>()
             + PAGE
-            + 16 * 64;
+            + 18 * 64;
         let (addr, len) = Mapping::anonymous(size)?.leak();
         // The capture stack comes first, above a guard page: an overflow faults instead of
         // running into the buffers.
@@ -137,6 +162,8 @@ impl Arena {
                 signals: &mut *(c.take::<SignalRec>(64).as_mut_ptr() as *mut [SignalRec; 64]),
                 scan: c.take(cap::SCAN),
                 bounce: c.take(RUN_MAX),
+                dirty: c.take(cap::DIRTY),
+                tracked: c.take(cap::TRACKED),
             })
         }
     }

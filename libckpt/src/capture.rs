@@ -15,7 +15,8 @@ use core::fmt::Write as _;
 
 use zerocopy::IntoBytes;
 
-use crate::arena::{Arena, RUN_MAX};
+use crate::arena::{Arena, RUN_MAX, Tracked};
+use crate::dirty::{DirtyTracker, TrackerKind};
 use crate::error::{RawError, raw_err};
 use crate::image::*;
 use crate::runtime::Runtime;
@@ -44,6 +45,20 @@ pub struct CaptureStats {
     pub file_bytes: u64,
     /// The older image file was overwritten in place rather than a new one created.
     pub recycled: bool,
+    /// The generation this image is relative to; 0 for a full image.
+    pub parent: u64,
+    /// Regions whose pages came from the dirty tracker (incremental images).
+    pub harvested: u32,
+}
+
+/// How one capture saves pages.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Mode {
+    /// 0: a full image. Else the committed generation this incremental image builds on: only
+    /// pages the tracker reports written since then are saved in the regions it watched.
+    pub parent: u64,
+    /// A full image that replaces a chain of incremental ones (compaction).
+    pub rebase: bool,
 }
 
 /// Everything [`capture`] fills in, apart from the image file.
@@ -81,9 +96,12 @@ impl Tables<'_> {
 /// Writes a checkpoint of the calling process as generation `generation` and commits it.
 ///
 /// `ctx` is the trampoline's saved context; `mask` is the signal mask to restore with it.
+#[allow(clippy::too_many_arguments)]
 pub fn capture(
     rt: &Runtime,
     arena: &mut Arena,
+    mut tracker: Option<&mut dyn DirtyTracker>,
+    mode: Mode,
     ctx: &Context,
     mask: u64,
     generation: u64,
@@ -105,9 +123,38 @@ pub fn capture(
         ..Default::default()
     };
     capture_process(rt, &mut t, &mut process, rseq_len)?;
+    process.policy = crate::config::Policy::all()
+        .iter()
+        .position(|&p| p == rt.cfg.policy)
+        .unwrap_or(0) as u32;
+    process.tracker = match tracker.as_deref().map(|t| t.kind()) {
+        None => 0,
+        Some(TrackerKind::UffdAsync) => 1,
+        Some(TrackerKind::Mprotect) => 2,
+    };
     capture_files(rt, &mut t)?;
     capture_signals(&mut t)?;
+    // Harvest before the memory map is read: under the mprotect tracker, harvesting protects
+    // the written pages again, which merges the map's fragments back.
+    let n_tracked = match tracker.as_deref_mut() {
+        Some(tr) => harvest_tracked(&mut t, tr, mode)?,
+        None => 0,
+    };
+    let (strings, identity) = (t.strings_len, t.n_identity);
     capture_regions(rt, &mut t, &mut process)?;
+    if let Some(tr) = tracker.as_deref_mut()
+        && n_tracked > 0
+        && settle_tracking(&mut t, tr, n_tracked)
+    {
+        // Protections changed: read the map again.
+        (t.strings_len, t.n_identity, t.n_regions) = (strings, identity, 0);
+        capture_regions(rt, &mut t, &mut process)?;
+    }
+    if let Some(tr) = tracker.as_deref()
+        && tr.kind() == TrackerKind::Mprotect
+    {
+        record_tracked_as_writable(&mut t, n_tracked)?;
+    }
 
     let mut tmp = store::name(generation, store::TMP);
     let mut fin = store::name(generation, store::IMAGE);
@@ -118,7 +165,19 @@ pub fn capture(
     // A stale file of this name is the leftover of a checkpoint killed mid-write.
     let _ = syscall::unlinkat(rt.dir_fd, tmp_c);
     let (fd, recycled) = open_image(rt, t.arena.dents, tmp_c)?;
-    let result = write_image(rt, &mut t, fd, &mut process, ctx, generation);
+    let result = write_image(
+        rt,
+        &mut t,
+        Saver {
+            tracker,
+            mode,
+            n_tracked,
+        },
+        fd,
+        &mut process,
+        ctx,
+        generation,
+    );
     let closed = syscall::close(fd);
     let result = result.and_then(|s| {
         closed
@@ -155,7 +214,8 @@ fn open_image(rt: &Runtime, dents: &mut [u8], tmp_c: &[u8]) -> Result<(i32, bool
     let mut gens = [0u64; 64];
     let n = store::committed(rt.dir_fd, dents, &mut gens);
     let keep = rt.cfg.keep as usize;
-    if keep >= 2 && n >= keep {
+    // The oldest file may be reused only if the newest image does not build on it.
+    if keep >= 2 && n >= keep && !store::in_chain(rt.dir_fd, gens[n - 1], gens[0]) {
         let mut oldest = store::name(gens[0], store::IMAGE);
         if let Some(old_c) = oldest.as_cstr()
             && syscall::renameat(rt.dir_fd, old_c, tmp_c).is_ok()
@@ -204,6 +264,7 @@ fn capture_process(
 ) -> Result<(), RawError> {
     p.fs_base = syscall::get_fs_base() as u64;
     p.brk = syscall::brk(0) as u64;
+    p.brk_start = crate::sys::process::start_brk().unwrap_or(0) as u64;
     p.pid = syscall::getpid() as u32;
     p.tid_offset = rt.tid_offset.map_or(-1, |o| o as i32);
     if let Some(r) = rt.rseq {
@@ -424,9 +485,13 @@ fn capture_regions(rt: &Runtime, t: &mut Tables<'_>, p: &mut ProcessRec) -> Resu
             flags |= CANDIDATE;
         }
         match m.path {
-            b"[heap]" => {
+            // The kernel also labels `[heap]` a mapping that merely ends where the break area
+            // starts; the heap can be several mappings (a tracked part and what brk added).
+            b"[heap]" if p.brk_start == 0 || m.start as u64 >= p.brk_start => {
                 flags |= REGION_HEAP;
-                p.brk_start = m.start as u64;
+                if p.brk_start == 0 {
+                    p.brk_start = m.start as u64;
+                }
             }
             b"[stack]" => flags |= REGION_STACK,
             _ => {}
@@ -477,6 +542,7 @@ fn capture_regions(rt: &Runtime, t: &mut Tables<'_>, p: &mut ProcessRec) -> Resu
 fn write_image(
     rt: &Runtime,
     t: &mut Tables<'_>,
+    mut sv: Saver<'_>,
     fd: i32,
     p: &mut ProcessRec,
     ctx: &Context,
@@ -484,11 +550,52 @@ fn write_image(
 ) -> Result<CaptureStats, RawError> {
     let mut off = HEADER_SPACE;
     let rsp = ctx.rsp as usize;
+    let mut harvested = 0;
     for i in 0..t.n_regions {
         let r = t.arena.regions[i];
         let (start, end) = (r.start as usize, r.end as usize);
         let readable = r.prot & libc::PROT_READ as u32 != 0;
         let runs_before = t.n_runs;
+        // Private anonymous memory is tracked: any of it under uffd-async (registering only
+        // some would keep mappings from merging as they do untracked, and a later mremap of
+        // what the program sees as one mapping would fail), read-write memory under mprotect.
+        let rw = (libc::PROT_READ | libc::PROT_WRITE) as u32;
+        let trackable = sv
+            .tracker
+            .as_deref()
+            .is_some_and(|tr| tr.kind() == TrackerKind::UffdAsync || r.prot & rw == rw)
+            && r.flags & (CANDIDATE | REGION_FILE | REGION_SHARED | WHOLE | REGION_STACK)
+                == CANDIDATE
+            && !sv.internal(start, end)
+            && !(sv
+                .tracker
+                .as_deref()
+                .is_some_and(|tr| tr.kind() == TrackerKind::Mprotect)
+                && kernel_writes_into(p, start, end));
+        if trackable && sv.mode.parent != 0 {
+            let k = t.arena.tracked[..sv.n_tracked]
+                .iter()
+                .position(|k| k.intact && k.start <= start && end <= k.end);
+            if let Some(k) = k {
+                let Tracked { first, last, .. } = t.arena.tracked[k];
+                for j in first..last {
+                    let (a, b) = t.arena.dirty[j];
+                    let (a, b) = (a.max(start), b.min(end));
+                    if a < b {
+                        save_span(rt, t, fd, &mut off, sv.mode, a, b, !readable)?;
+                    }
+                }
+                save_zero_gaps(rt, t, start, end)?;
+                t.arena.regions[i].flags |= REGION_SAVED | REGION_CHAIN;
+                harvested += 1;
+                continue;
+            }
+        }
+        if trackable && let Some(tr) = sv.tracker.as_deref_mut() {
+            // New since the previous checkpoint (or a full one): saved below, watched from now.
+            // A range the tracker refuses is saved whole every time.
+            let _ = tr.track(start, end - start);
+        }
         let how = if r.flags & REGION_SPECIAL != 0 || r.flags & CANDIDATE == 0 {
             None
         } else if r.flags & REGION_STACK != 0 && (start..end).contains(&rsp) {
@@ -520,14 +627,15 @@ fn write_image(
                 "memory at {start:#x} is not readable and /proc/self/mem is unavailable"
             ));
         }
+        let mode = sv.mode;
         match scan {
-            None => save_span(rt, t, fd, &mut off, from, to, via_mem)?,
+            None => save_span(rt, t, fd, &mut off, mode, from, to, via_mem)?,
             Some(kind) => {
                 let scan_buf: &mut [crate::sys::mem::PageRegion] =
                     // SAFETY: the scan buffer is disjoint from everything save_span touches.
                     unsafe { core::slice::from_raw_parts_mut(t.arena.scan.as_mut_ptr(), t.arena.scan.len()) };
                 let scanned = scan_populated(rt.pagemap_fd, from, to, kind, scan_buf, |s, e| {
-                    save_span(rt, t, fd, &mut off, s, e, via_mem)
+                    save_span(rt, t, fd, &mut off, mode, s, e, via_mem)
                 })?;
                 if let Err(e) = scanned {
                     return Err(RawError::sys("PAGEMAP_SCAN", b"/proc/self/pagemap", e));
@@ -605,7 +713,7 @@ fn write_image(
         version: VERSION,
         header_size: size_of::<Header>() as u32,
         generation,
-        parent: 0,
+        parent: sv.mode.parent,
         created_ns: syscall::realtime_ns(),
         data_offset: HEADER_SPACE,
         data_len,
@@ -632,17 +740,261 @@ fn write_image(
         files: t.n_files as u32,
         file_bytes: off,
         recycled: false,
+        parent: sv.mode.parent,
+        harvested,
     })
+}
+
+/// Whether the kernel itself writes into `[start, end)` behind the program's back: the thread
+/// descriptor (rseq's CPU number, the thread id cleared at exit) and the alternate signal stack
+/// (signal frames). The mprotect tracker must leave such memory writable: a kernel write into
+/// a protected page there is a fatal `SIGSEGV`, not a fault a handler can resolve.
+fn kernel_writes_into(p: &ProcessRec, start: usize, end: usize) -> bool {
+    let hit = |a: u64, len: u64| len > 0 && (a as usize) < end && start < (a + len) as usize;
+    hit(p.fs_base.saturating_sub(PAGE as u64), 2 * PAGE as u64)
+        || hit(p.rseq_area, p.rseq_len.max(32) as u64)
+        || hit(p.altstack_sp, p.altstack_size)
+}
+
+/// What `write_image` needs to save pages incrementally.
+struct Saver<'a> {
+    tracker: Option<&'a mut dyn DirtyTracker>,
+    mode: Mode,
+    /// Entries of `arena.tracked` filled by [`harvest_tracked`].
+    n_tracked: usize,
+}
+
+impl Saver<'_> {
+    /// Whether `[start, end)` overlaps the tracker's own memory.
+    fn internal(&self, start: usize, end: usize) -> bool {
+        let mut hit = false;
+        if let Some(tr) = self.tracker.as_deref() {
+            tr.internal_ranges(&mut |s, e| hit |= s < end && start < e);
+        }
+        hit
+    }
+}
+
+/// Starts an incremental capture: lists the tracker's ranges and harvests each one's written
+/// pages into the arena (which also re-arms them). For a full capture, stops watching
+/// everything instead: each region is watched afresh as it is saved. Returns the number of
+/// ranges listed.
+fn harvest_tracked(
+    t: &mut Tables<'_>,
+    tracker: &mut dyn DirtyTracker,
+    mode: Mode,
+) -> Result<usize, RawError> {
+    if mode.parent == 0 {
+        tracker.untrack_all();
+        return Ok(0);
+    }
+    let mut n = 0;
+    let mut overflow = false;
+    let tracked = &mut *t.arena.tracked;
+    tracker.each_range(&mut |s, e| {
+        if n < tracked.len() {
+            tracked[n] = Tracked {
+                start: s,
+                end: e,
+                ..Default::default()
+            };
+            n += 1;
+        } else {
+            overflow = true;
+        }
+    });
+    if overflow {
+        return Err(raw_err!(
+            Capacity,
+            "the tracker watches more than {} ranges",
+            tracked.len()
+        ));
+    }
+    let mut used = 0;
+    for k in 0..n {
+        let Tracked { start, end, .. } = t.arena.tracked[k];
+        let dirty = &mut *t.arena.dirty;
+        let first = used;
+        let mut full = false;
+        let ok = tracker.harvest(start, end, &mut |a, b| {
+            if used < dirty.len() {
+                dirty[used] = (a, b);
+                used += 1;
+            } else {
+                full = true;
+            }
+        });
+        // A failed or overflowing harvest: the range is saved whole (all its populated pages)
+        // and watched afresh, which is right whatever was written.
+        t.arena.tracked[k] = Tracked {
+            start,
+            end,
+            first,
+            last: used,
+            intact: ok.is_ok() && !full,
+        };
+    }
+    Ok(n)
+}
+
+/// Checks each harvested range against the memory map just read: it is still intact if the
+/// same mapping is there (`uffd-async`: one mapping of exactly that range, which is still
+/// registered since the harvest worked; `mprotect`: mappings of anonymous private memory
+/// covering it, all read-only again after the harvest). Ranges that changed are no longer
+/// watched; their regions are saved as new. Returns whether protections changed, so that the
+/// map must be read again.
+fn settle_tracking(t: &mut Tables<'_>, tracker: &mut dyn DirtyTracker, n: usize) -> bool {
+    let mprotect = tracker.kind() == TrackerKind::Mprotect;
+    let mut changed = false;
+    for k in 0..n {
+        let Tracked {
+            start, end, intact, ..
+        } = t.arena.tracked[k];
+        let regions = &t.arena.regions[..t.n_regions];
+        let anon = |r: &RegionRec| {
+            r.flags
+                & (CANDIDATE | REGION_FILE | REGION_SHARED | WHOLE | REGION_STACK | REGION_SPECIAL)
+                == CANDIDATE
+        };
+        let still = intact
+            && if mprotect {
+                let mut at = start;
+                for r in regions
+                    .iter()
+                    .filter(|r| r.end as usize > start && (r.start as usize) < end)
+                {
+                    if r.start as usize > at || !anon(r) || r.prot != libc::PROT_READ as u32 {
+                        break;
+                    }
+                    at = r.end as usize;
+                }
+                at >= end
+            } else {
+                regions
+                    .iter()
+                    .any(|r| (r.start as usize, r.end as usize) == (start, end) && anon(r))
+            };
+        if !still {
+            t.arena.tracked[k].intact = false;
+            let _ = tracker.untrack(start, end - start);
+            changed |= mprotect;
+        }
+    }
+    changed
+}
+
+/// Under the mprotect tracker, the pages of intact ranges are read-only only because the
+/// tracker made them so: record them as the read-write memory they are, splitting regions that
+/// straddle a range's ends.
+fn record_tracked_as_writable(t: &mut Tables<'_>, n: usize) -> Result<(), RawError> {
+    for k in 0..n {
+        let Tracked {
+            start, end, intact, ..
+        } = t.arena.tracked[k];
+        if !intact {
+            continue;
+        }
+        split_region_at(t, start)?;
+        split_region_at(t, end)?;
+        for r in &mut t.arena.regions[..t.n_regions] {
+            if r.start as usize >= start && r.end as usize <= end {
+                r.prot |= (libc::PROT_READ | libc::PROT_WRITE) as u32;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Splits the region that strictly contains `addr` into two at `addr`.
+fn split_region_at(t: &mut Tables<'_>, addr: usize) -> Result<(), RawError> {
+    let addr = addr as u64;
+    let Some(i) = t.arena.regions[..t.n_regions]
+        .iter()
+        .position(|r| r.start < addr && addr < r.end)
+    else {
+        return Ok(());
+    };
+    if t.n_regions == t.arena.regions.len() {
+        return Err(raw_err!(
+            Capacity,
+            "more than {} memory regions",
+            t.arena.regions.len()
+        ));
+    }
+    t.arena.regions.copy_within(i..t.n_regions, i + 1);
+    t.n_regions += 1;
+    let r = &mut t.arena.regions[i];
+    r.end = addr;
+    let tail = &mut t.arena.regions[i + 1];
+    tail.offset += addr - tail.start;
+    tail.start = addr;
+    Ok(())
+}
+
+/// Records the pages of `[start, end)` that hold no data (never touched, or discarded) as zero
+/// runs: in an incremental image, older images of the chain may hold stale contents for them.
+fn save_zero_gaps(
+    rt: &Runtime,
+    t: &mut Tables<'_>,
+    start: usize,
+    end: usize,
+) -> Result<(), RawError> {
+    if rt.pagemap_fd < 0 {
+        return Ok(());
+    }
+    let scan_buf: &mut [crate::sys::mem::PageRegion] =
+        // SAFETY: the scan buffer is disjoint from the run table, the only other arena part used.
+        unsafe { core::slice::from_raw_parts_mut(t.arena.scan.as_mut_ptr(), t.arena.scan.len()) };
+    let mut at = start;
+    let zero = |t: &mut Tables<'_>, a: usize, b: usize| -> Result<(), RawError> {
+        if a >= b {
+            return Ok(());
+        }
+        if t.n_runs == t.arena.runs.len() {
+            return Err(raw_err!(
+                Capacity,
+                "more than {} page runs",
+                t.arena.runs.len()
+            ));
+        }
+        t.arena.runs[t.n_runs] = RunRec {
+            addr: a as u64,
+            len: (b - a) as u64,
+            data_off: 0,
+            crc: 0,
+            kind: RUN_ZERO,
+        };
+        t.n_runs += 1;
+        Ok(())
+    };
+    let scanned = scan_populated(
+        rt.pagemap_fd,
+        start,
+        end,
+        Scan::Populated,
+        scan_buf,
+        |s, e| {
+            zero(t, at, s)?;
+            at = e;
+            Ok(())
+        },
+    )?;
+    if let Err(e) = scanned {
+        return Err(RawError::sys("PAGEMAP_SCAN", b"/proc/self/pagemap", e));
+    }
+    zero(t, at, end)
 }
 
 /// Saves `[start, end)` minus excluded pages as runs of at most [`RUN_MAX`] bytes; with
 /// `via_mem`, the bytes are read through `/proc/self/mem` (for memory mapped without read
 /// permission).
+#[allow(clippy::too_many_arguments)]
 fn save_span(
     rt: &Runtime,
     t: &mut Tables<'_>,
     fd: i32,
     off: &mut u64,
+    mode: Mode,
     start: usize,
     end: usize,
     via_mem: bool,
@@ -659,17 +1011,19 @@ fn save_span(
             .unwrap_or(end)
             .min(end)
             .min(at + RUN_MAX);
-        write_run(rt, t, fd, off, at, stop - at, via_mem)?;
+        write_run(rt, t, fd, off, mode, at, stop - at, via_mem)?;
         at = stop;
     }
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 fn write_run(
     rt: &Runtime,
     t: &mut Tables<'_>,
     fd: i32,
     off: &mut u64,
+    mode: Mode,
     addr: usize,
     len: usize,
     via_mem: bool,
@@ -682,6 +1036,9 @@ fn write_run(
         ));
     }
     crate::fault::point("write-data").map_err(|e| RawError::sys("write", b"page data", e))?;
+    if mode.rebase {
+        crate::fault::point("compact-data").map_err(|e| RawError::sys("write", b"page data", e))?;
+    }
     let bytes: &[u8] = if via_mem {
         let buf = &mut t.arena.bounce[..len];
         match syscall::pread_exact(rt.mem_fd, buf, addr as u64) {
@@ -714,7 +1071,7 @@ fn write_run(
         len: len as u64,
         data_off: *off,
         crc,
-        pad: 0,
+        kind: RUN_DATA,
     };
     t.n_runs += 1;
     *off += len as u64;

@@ -15,12 +15,83 @@ pub enum RestoreMode {
     Require,
 }
 
-/// How a checkpoint is taken (`CKPT_POLICY`).
+/// How a checkpoint is taken (`CKPT_POLICY`); see `docs/policies.md`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Policy {
     /// Stop the program, save every saved page, resume (the paper's "sequential").
     #[default]
     Sequential,
+    /// Stop the program, save the pages written since the previous checkpoint.
+    Incremental,
+    /// Fork; the child (a copy-on-write snapshot) writes every page while the program runs.
+    Forked,
+    /// Harvest the dirty pages, fork; the child writes them.
+    ForkedIncremental,
+    /// Copy every page into a buffer; a helper process writes it while the program runs.
+    Buffered,
+    /// Copy the dirty pages into a buffer; a helper process writes them.
+    BufferedIncremental,
+}
+
+impl Policy {
+    /// Every policy, in the order `docs/policies.md` lists them.
+    pub fn all() -> [Policy; 6] {
+        [
+            Policy::Sequential,
+            Policy::Incremental,
+            Policy::Forked,
+            Policy::ForkedIncremental,
+            Policy::Buffered,
+            Policy::BufferedIncremental,
+        ]
+    }
+
+    /// The name `CKPT_POLICY` uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            Policy::Sequential => "sequential",
+            Policy::Incremental => "incremental",
+            Policy::Forked => "forked",
+            Policy::ForkedIncremental => "forked-incremental",
+            Policy::Buffered => "buffered",
+            Policy::BufferedIncremental => "buffered-incremental",
+        }
+    }
+
+    /// Whether only pages written since the previous checkpoint are saved.
+    pub fn incremental(self) -> bool {
+        matches!(
+            self,
+            Policy::Incremental | Policy::ForkedIncremental | Policy::BufferedIncremental
+        )
+    }
+
+    /// Whether the image is written by a child process (copy-on-write).
+    pub fn forked(self) -> bool {
+        matches!(self, Policy::Forked | Policy::ForkedIncremental)
+    }
+
+    /// Whether pages are copied into a buffer that a helper process writes.
+    pub fn buffered(self) -> bool {
+        matches!(self, Policy::Buffered | Policy::BufferedIncremental)
+    }
+}
+
+impl core::fmt::Display for Policy {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What a background policy does when a checkpoint falls due while the previous one is still
+/// being written (`CKPT_BUSY`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BusyMode {
+    /// Wait for the previous one to finish, then take this one.
+    #[default]
+    Wait,
+    /// Skip this one.
+    Skip,
 }
 
 /// How much the library says on stderr (`CKPT_LOG`).
@@ -47,6 +118,15 @@ pub struct Config {
     pub(crate) keep: u32,
     pub(crate) restore: RestoreMode,
     pub(crate) log: LogLevel,
+    /// `CKPT_TRACKER`: `None` picks the best that works.
+    pub(crate) tracker: Option<crate::dirty::TrackerKind>,
+    /// Incremental images after a full one before the next is full.
+    pub(crate) chain_max: u32,
+    /// Percent of the full image's data the chain's incremental data may reach.
+    pub(crate) chain_size_pct: u32,
+    pub(crate) busy: BusyMode,
+    /// Most bytes the buffered policies copy for one checkpoint.
+    pub(crate) buffer_max: u64,
 }
 
 impl Default for Config {
@@ -60,6 +140,11 @@ impl Default for Config {
             keep: 2,
             restore: RestoreMode::Auto,
             log: LogLevel::Info,
+            tracker: None,
+            chain_max: 8,
+            chain_size_pct: 100,
+            busy: BusyMode::Wait,
+            buffer_max: 4 << 30,
         }
     }
 }
@@ -102,10 +187,59 @@ impl Config {
                 Some(parse_duration(&v).map_err(|reason| err("CKPT_INTERVAL", v, reason))?);
         }
         if let Some(v) = lookup("CKPT_POLICY") {
-            cfg.policy = match v.as_str() {
-                "sequential" => Policy::Sequential,
-                _ => return Err(err("CKPT_POLICY", v, "expected `sequential`")),
+            cfg.policy = match Policy::all().into_iter().find(|p| p.name() == v.trim()) {
+                Some(p) => p,
+                None => {
+                    return Err(err(
+                        "CKPT_POLICY",
+                        v,
+                        "expected `sequential`, `incremental`, `forked`, `forked-incremental`, `buffered` or `buffered-incremental`",
+                    ));
+                }
             };
+        }
+        if let Some(v) = lookup(crate::dirty::TRACKER_ENV).filter(|v| !v.trim().is_empty()) {
+            cfg.tracker = Some(crate::dirty::TrackerKind::parse(&v).map_err(|_| {
+                err(
+                    "CKPT_TRACKER",
+                    v.clone(),
+                    "expected `uffd-async` or `mprotect`",
+                )
+            })?);
+        }
+        if let Some(v) = lookup("CKPT_CHAIN_MAX") {
+            cfg.chain_max = match v.trim().parse::<u32>() {
+                Ok(n) if (1..=1000).contains(&n) => n,
+                _ => {
+                    return Err(err(
+                        "CKPT_CHAIN_MAX",
+                        v,
+                        "expected a whole number from 1 to 1000",
+                    ));
+                }
+            };
+        }
+        if let Some(v) = lookup("CKPT_CHAIN_SIZE") {
+            cfg.chain_size_pct = match v.trim().trim_end_matches('%').parse::<u32>() {
+                Ok(n) if (1..=10000).contains(&n) => n,
+                _ => {
+                    return Err(err(
+                        "CKPT_CHAIN_SIZE",
+                        v,
+                        "expected a percentage from 1 to 10000",
+                    ));
+                }
+            };
+        }
+        if let Some(v) = lookup("CKPT_BUSY") {
+            cfg.busy = match v.trim() {
+                "wait" => BusyMode::Wait,
+                "skip" => BusyMode::Skip,
+                _ => return Err(err("CKPT_BUSY", v, "expected `wait` or `skip`")),
+            };
+        }
+        if let Some(v) = lookup("CKPT_BUFFER") {
+            cfg.buffer_max = parse_size(&v).map_err(|reason| err("CKPT_BUFFER", v, reason))?;
         }
         if let Some(v) = lookup("CKPT_KEEP") {
             cfg.keep = match v.parse::<u32>() {
@@ -162,6 +296,42 @@ impl Config {
         self
     }
 
+    /// The dirty-page tracker of the incremental policies (`None`: the best that works).
+    pub fn tracker(mut self, kind: Option<crate::dirty::TrackerKind>) -> Self {
+        self.tracker = kind;
+        self
+    }
+
+    /// Incremental images after a full one before the next checkpoint is full (at least 1).
+    pub fn chain_max(mut self, n: u32) -> Self {
+        self.chain_max = n.max(1);
+        self
+    }
+
+    /// The next checkpoint is full once the chain's incremental data exceeds `pct` percent of
+    /// its full image's.
+    pub fn chain_size_percent(mut self, pct: u32) -> Self {
+        self.chain_size_pct = pct.max(1);
+        self
+    }
+
+    /// What a background policy does when the previous checkpoint is still being written.
+    pub fn busy(mut self, mode: BusyMode) -> Self {
+        self.busy = mode;
+        self
+    }
+
+    /// Most bytes the buffered policies copy for one checkpoint.
+    pub fn buffer_max(mut self, bytes: u64) -> Self {
+        self.buffer_max = bytes;
+        self
+    }
+
+    /// The checkpoint policy in force.
+    pub fn checkpoint_policy(&self) -> Policy {
+        self.policy
+    }
+
     /// How many committed generations to keep (at least 1).
     pub fn keep(mut self, keep: u32) -> Self {
         self.keep = keep.max(1);
@@ -197,6 +367,33 @@ fn err(name: &'static str, value: String, reason: &'static str) -> ConfigError {
         value,
         reason,
     }
+}
+
+/// Parses a byte count: `512M`, `4G`, `65536` (suffixes K, M, G, T are powers of 1024).
+pub(crate) fn parse_size(text: &str) -> Result<u64, &'static str> {
+    const HELP: &str = "expected a size such as `512M` or `4G` (at least 1M)";
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: u64 = digits.parse().map_err(|_| HELP)?;
+    let shift = match unit
+        .trim()
+        .to_ascii_uppercase()
+        .trim_end_matches("IB")
+        .trim_end_matches('B')
+    {
+        "" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        "T" => 40,
+        _ => return Err(HELP),
+    };
+    let bytes = n.checked_mul(1u64 << shift).ok_or(HELP)?;
+    if bytes < 1 << 20 {
+        return Err(HELP);
+    }
+    Ok(bytes)
 }
 
 /// Parses `500ms`, `30s`, `5m`, `1h` (a whole number and a unit; no unit means seconds).
@@ -277,6 +474,23 @@ mod tests {
             (c.keep, c.restore, c.log),
             (3, RestoreMode::Require, LogLevel::Debug)
         );
+        let c = cfg(&[
+            ("CKPT_POLICY", "forked-incremental"),
+            ("CKPT_TRACKER", "mprotect"),
+            ("CKPT_CHAIN_MAX", "3"),
+            ("CKPT_CHAIN_SIZE", "50%"),
+            ("CKPT_BUSY", "skip"),
+            ("CKPT_BUFFER", "512M"),
+        ])
+        .unwrap();
+        assert_eq!(c.policy, Policy::ForkedIncremental);
+        assert!(c.policy.incremental() && c.policy.forked() && !c.policy.buffered());
+        assert_eq!(c.tracker, Some(crate::dirty::TrackerKind::Mprotect));
+        assert_eq!((c.chain_max, c.chain_size_pct), (3, 50));
+        assert_eq!((c.busy, c.buffer_max), (BusyMode::Skip, 512 << 20));
+        for p in Policy::all() {
+            assert_eq!(cfg(&[("CKPT_POLICY", p.name())]).unwrap().policy, p);
+        }
         let d = cfg(&[]).unwrap();
         assert_eq!(d, Config::default());
         assert_eq!(d.keep, 2);
@@ -287,6 +501,11 @@ mod tests {
         for (k, v) in [
             ("CKPT_INTERVAL", "soon"),
             ("CKPT_POLICY", "magic"),
+            ("CKPT_TRACKER", "soft-dirty"),
+            ("CKPT_CHAIN_MAX", "0"),
+            ("CKPT_CHAIN_SIZE", "lots"),
+            ("CKPT_BUSY", "maybe"),
+            ("CKPT_BUFFER", "12"),
             ("CKPT_KEEP", "0"),
             ("CKPT_RESTORE", "maybe"),
             ("CKPT_LOG", "loud"),

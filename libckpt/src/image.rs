@@ -13,7 +13,7 @@ use crate::sys::syscall::KernelSigaction;
 /// First bytes of every image.
 pub const MAGIC: [u8; 8] = *b"CKPTIMG\0";
 /// The format version this build writes and reads.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 /// The header occupies the first page; page data starts page-aligned after it.
 pub const HEADER_SPACE: u64 = 4096;
 /// Bound on a manifest read from disk: 256 MiB.
@@ -139,7 +139,23 @@ pub struct ProcessRec {
     pub vvar: u64,
     /// Bytes of the image's page data, for progress reporting.
     pub saved_bytes: u64,
+    /// The policy that took the checkpoint: [`POLICY_NAMES`] index.
+    pub policy: u32,
+    /// The dirty tracker in use: 0 none, 1 `uffd-async`, 2 `mprotect`.
+    pub tracker: u32,
 }
+
+/// Names of `ProcessRec::policy` values.
+pub const POLICY_NAMES: [&str; 6] = [
+    "sequential",
+    "incremental",
+    "forked",
+    "forked-incremental",
+    "buffered",
+    "buffered-incremental",
+];
+/// Names of `ProcessRec::tracker` values.
+pub const TRACKER_NAMES: [&str; 3] = ["none", "uffd-async", "mprotect"];
 
 /// The saved registers, as stored (the in-memory [`Context`] padded to a fixed layout).
 #[repr(C)]
@@ -218,6 +234,15 @@ pub const REGION_STACK: u32 = 8;
 pub const REGION_SAVED: u32 = 16;
 /// Region flag: a kernel special mapping (`[vdso]`, `[vvar]`, `[vsyscall]`), left alone.
 pub const REGION_SPECIAL: u32 = 32;
+/// Region flag (incremental images): the region's contents are the chain's. Page runs of the
+/// older images of the chain that fall inside it apply (oldest first, this image's last), then
+/// this image's zero runs. Outside such regions only this image's runs apply.
+pub const REGION_CHAIN: u32 = 64;
+
+/// Run kind: `len` bytes of page data stored at `data_off`.
+pub const RUN_DATA: u32 = 0;
+/// Run kind: `len` bytes that read as zeros (pages not populated at the checkpoint); no data.
+pub const RUN_ZERO: u32 = 1;
 
 /// One mapping of the checkpointed process.
 #[repr(C)]
@@ -257,8 +282,8 @@ pub struct RunRec {
     pub data_off: u64,
     /// CRC-32C of the bytes.
     pub crc: u32,
-    /// Padding, zero.
-    pub pad: u32,
+    /// [`RUN_DATA`] or [`RUN_ZERO`].
+    pub kind: u32,
 }
 
 /// File kind: a regular file, reopened by path at the same descriptor and offset.
@@ -567,8 +592,12 @@ fn check_refs(m: &Manifest) -> Result<(), FormatError> {
     }
     for run in &m.runs {
         let end = run.data_off.checked_add(run.len);
-        let in_data =
-            end.is_some_and(|e| run.data_off >= h.data_offset && e <= h.data_offset + h.data_len);
+        let in_data = match run.kind {
+            RUN_DATA => end
+                .is_some_and(|e| run.data_off >= h.data_offset && e <= h.data_offset + h.data_len),
+            RUN_ZERO => run.data_off == 0 && run.crc == 0,
+            _ => false,
+        };
         let aligned = run.addr % page == 0 && run.len % page == 0 && run.len > 0;
         if !in_data || !aligned || run.addr.checked_add(run.len).is_none() {
             return Err(FormatError::Malformed(format!(
@@ -576,9 +605,15 @@ fn check_refs(m: &Manifest) -> Result<(), FormatError> {
                 run.addr
             )));
         }
-        let inside = m.regions.iter().any(|r| {
-            r.start <= run.addr && run.addr + run.len <= r.end && r.flags & REGION_SAVED != 0
-        });
+        let needs = if run.kind == RUN_ZERO {
+            REGION_CHAIN
+        } else {
+            REGION_SAVED
+        };
+        let inside = m
+            .regions
+            .iter()
+            .any(|r| r.start <= run.addr && run.addr + run.len <= r.end && r.flags & needs != 0);
         if !inside {
             return Err(FormatError::Malformed(format!(
                 "page run at {:#x} outside every saved region",

@@ -21,7 +21,7 @@ pub mod store;
 mod sys;
 mod text;
 
-pub use config::{Config, ConfigError, LogLevel, Policy, RestoreMode};
+pub use config::{BusyMode, Config, ConfigError, LogLevel, Policy, RestoreMode};
 pub use error::{Error, Result};
 /// Dirty-page trackers for incremental checkpoints (also used by the benchmarks).
 pub use sys::dirty;

@@ -106,10 +106,115 @@ pub fn check_identity(m: &Manifest, image: &Path) -> Result<()> {
     Ok(())
 }
 
+/// One image of a chain, loaded and verified.
+pub(crate) struct Link {
+    pub number: u64,
+    pub manifest: Manifest,
+    pub file: File,
+}
+
+/// Loads generation `g` and, if it is incremental, every older image it builds on, checking
+/// each one's checksums. Newest first.
+pub(crate) fn load_chain(dir: &Path, g: u64) -> Result<Vec<Link>, Reject> {
+    let mut chain: Vec<Link> = Vec::new();
+    let mut want = g;
+    loop {
+        let path = dir.join(store::name(want, store::IMAGE).as_str());
+        if !path.exists() && !chain.is_empty() {
+            return Err(Reject::Corrupt(FormatError::Malformed(format!(
+                "generation {want}, which this incremental image builds on, is missing"
+            ))));
+        }
+        let (m, f) = load(&path)?;
+        if m.header.generation != want {
+            return Err(Reject::Corrupt(FormatError::Malformed(format!(
+                "file of generation {want} holds generation {}",
+                m.header.generation
+            ))));
+        }
+        verify_runs(&m, &f)?;
+        let parent = m.header.parent;
+        if parent >= want {
+            return Err(Reject::Corrupt(FormatError::Malformed(format!(
+                "generation {want} builds on generation {parent}, which is not older"
+            ))));
+        }
+        chain.push(Link {
+            number: want,
+            manifest: m,
+            file: f,
+        });
+        if parent == 0 {
+            return Ok(chain);
+        }
+        want = parent;
+    }
+}
+
+/// The page runs a restore applies, in order: the data runs of every image of the chain,
+/// oldest first, those of older images cut to the newest image's chain regions; then the
+/// newest image's zero runs. Each run's `kind` says whether it is data or zeros, and `fd` the
+/// chain index (0 = newest) whose file holds its data.
+pub(crate) fn merged_runs(chain: &[Link]) -> Vec<crate::sys::restore::PlanRun> {
+    use crate::sys::restore::PlanRun;
+    let newest = &chain[0].manifest;
+    let mut inherit: Vec<(u64, u64)> = newest
+        .regions
+        .iter()
+        .filter(|r| r.flags & image::REGION_CHAIN != 0)
+        .map(|r| (r.start, r.end))
+        .collect();
+    inherit.sort_unstable();
+    let mut out = Vec::new();
+    for (i, link) in chain.iter().enumerate().rev() {
+        for run in link
+            .manifest
+            .runs
+            .iter()
+            .filter(|r| r.kind == image::RUN_DATA)
+        {
+            let (a, b) = (run.addr, run.addr + run.len);
+            if i == 0 {
+                out.push(PlanRun {
+                    addr: a as usize,
+                    len: run.len as usize,
+                    off: run.data_off,
+                    fd: 0,
+                    zero: false,
+                });
+                continue;
+            }
+            let from = inherit.partition_point(|&(_, e)| e <= a);
+            for &(s, e) in inherit[from..].iter().take_while(|&&(s, _)| s < b) {
+                let (lo, hi) = (a.max(s), b.min(e));
+                if lo < hi {
+                    out.push(PlanRun {
+                        addr: lo as usize,
+                        len: (hi - lo) as usize,
+                        off: run.data_off + (lo - a),
+                        fd: i as u32,
+                        zero: false,
+                    });
+                }
+            }
+        }
+    }
+    for run in newest.runs.iter().filter(|r| r.kind == image::RUN_ZERO) {
+        out.push(PlanRun {
+            addr: run.addr as usize,
+            len: run.len as usize,
+            off: 0,
+            fd: 0,
+            zero: true,
+        });
+    }
+    out
+}
+
 /// Checks every page run's checksum by reading the image once, without touching memory.
 fn verify_runs(m: &Manifest, file: &File) -> Result<(), Reject> {
     let mut buf = vec![0u8; crate::arena::RUN_MAX];
-    for run in &m.runs {
+    for run in m.runs.iter().filter(|r| r.kind == image::RUN_DATA) {
         let mut crc = 0u32;
         let mut done = 0u64;
         while done < run.len {
@@ -214,13 +319,13 @@ pub fn restore(cfg: &Config) -> Result<()> {
     let next_gen = store::highest(dir).unwrap_or(0) + 1;
     let mut rejected: Vec<(u64, String)> = Vec::new();
     for g in &gens {
-        let loaded = load(&g.path).and_then(|(m, f)| {
-            check_identity(&m, &g.path).map_err(Reject::Fatal)?;
-            verify_runs(&m, &f)?;
-            check_files(&m, &g.path).map_err(Reject::Fatal)?;
-            Ok((m, f))
+        let loaded = load_chain(dir, g.number).and_then(|chain| {
+            let m = &chain[0].manifest;
+            check_identity(m, &g.path).map_err(Reject::Fatal)?;
+            check_files(m, &g.path).map_err(Reject::Fatal)?;
+            Ok(chain)
         });
-        let (m, file) = match loaded {
+        let chain = match loaded {
             Ok(v) => v,
             Err(Reject::Corrupt(reason)) => {
                 log_at!(
@@ -253,19 +358,45 @@ pub fn restore(cfg: &Config) -> Result<()> {
                 rejected.len()
             );
         }
+        let runs = merged_runs(&chain);
+        let bytes: u64 = chain.iter().map(|l| l.manifest.header.data_len).sum();
+        let how = if chain.len() == 1 {
+            "full image".to_string()
+        } else {
+            format!(
+                "incremental, a chain of {} images from generation {}",
+                chain.len(),
+                chain[chain.len() - 1].number
+            )
+        };
         log_at!(
             cfg,
             Info,
-            "restoring generation {} from {} ({:.1} MiB)",
+            "restoring generation {} from {} ({how}, {:.1} MiB)",
             g.number,
             g.path.display(),
-            m.header.data_len as f64 / 1048576.0
+            bytes as f64 / 1048576.0
         );
-        let fd = std::os::fd::IntoRawFd::into_raw_fd(file);
-        let err =
-            crate::sys::restore::restore_into(&m, fd, dir_fd, lock_fd, next_gen, settings(cfg))
-                .unwrap_err();
-        let _ = syscall::close(fd);
+        use std::os::fd::IntoRawFd;
+        let mut links = chain.into_iter();
+        let newest = links.next().expect("a chain holds its newest image");
+        let mut fds = vec![newest.file.into_raw_fd()];
+        fds.extend(links.map(|l| l.file.into_raw_fd()));
+        let m = newest.manifest;
+        let err = crate::sys::restore::restore_into(
+            &m,
+            &runs,
+            &fds,
+            dir_fd,
+            lock_fd,
+            next_gen,
+            settings(cfg),
+            bytes,
+        )
+        .unwrap_err();
+        for fd in fds {
+            let _ = syscall::close(fd);
+        }
         close();
         return Err(Error::Layout {
             image: g.path.clone(),
@@ -365,6 +496,18 @@ pub(crate) fn after_restore(rt: &mut Runtime, info_addr: usize) {
     rt.pagemap_fd = if pm >= 0 { mv(pm) } else { -1 };
     let mem = runtime::open_mem();
     rt.mem_fd = if mem >= 0 { mv(mem) } else { -1 };
+    // The tracker's kernel objects belonged to the dead process: new ones, watching nothing,
+    // and the next checkpoint is a full one.
+    rt.chain = Default::default();
+    if let Some(t) = rt.tracker.as_deref_mut()
+        && let Err(e) = t.renew(top)
+    {
+        log_at!(
+            rt.cfg,
+            Info,
+            "could not renew the dirty tracker: {e}; checkpoints will be full"
+        );
+    }
     for s in info.signals {
         // SAFETY: handlers and restorers come from this same binary's image.
         let _ = unsafe { signals::set_action(s.sig as i32, &s.action()) };

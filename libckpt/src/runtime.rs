@@ -15,8 +15,9 @@ use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 
 use crate::arena::Arena;
-use crate::capture::{self, CaptureStats};
+use crate::capture::{self, CaptureStats, Mode};
 use crate::config::{Config, LogLevel};
+use crate::dirty::DirtyTracker;
 use crate::error::{Error, RawError, Result, raw_err};
 use crate::store;
 use crate::sys::arch::{self, Context};
@@ -52,6 +53,42 @@ pub struct Runtime {
     pub(crate) committed: u64,
     pub(crate) failed: u64,
     pub(crate) last_error: Option<RawError>,
+    /// The dirty tracker of the incremental policies.
+    pub(crate) tracker: Option<Box<dyn DirtyTracker>>,
+    /// The chain of incremental images the next one can build on.
+    pub(crate) chain: Chain,
+}
+
+/// Where the incremental chain stands.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Chain {
+    /// The newest committed generation of the chain; 0: the next checkpoint must be full
+    /// (none yet, a failure lost a harvested dirty set, or this process was just restored).
+    pub head: u64,
+    /// Incremental images since the full one.
+    pub len: u32,
+    /// Page data of the full image.
+    pub base_bytes: u64,
+    /// Page data of the incremental images since.
+    pub bytes: u64,
+}
+
+impl Chain {
+    /// After generation `stats` committed.
+    fn committed(&mut self, stats: &CaptureStats) {
+        if stats.parent == 0 {
+            *self = Chain {
+                head: stats.generation,
+                len: 0,
+                base_bytes: stats.data_bytes,
+                bytes: 0,
+            };
+        } else {
+            self.head = stats.generation;
+            self.len += 1;
+            self.bytes += stats.data_bytes;
+        }
+    }
 }
 
 static RUNTIME: AtomicPtr<Runtime> = AtomicPtr::new(core::ptr::null_mut());
@@ -71,7 +108,38 @@ pub(crate) use log_at;
 impl Runtime {
     /// Whether `fd` is one of the runtime's own descriptors (not the application's).
     pub fn owns_fd(&self, fd: i32) -> bool {
-        fd == self.dir_fd || fd == self.lock_fd || fd == self.pagemap_fd || fd == self.mem_fd
+        let mut tracker = false;
+        if let Some(t) = self.tracker.as_deref() {
+            t.each_fd(&mut |f| tracker |= f == fd);
+        }
+        tracker
+            || fd == self.dir_fd
+            || fd == self.lock_fd
+            || fd == self.pagemap_fd
+            || fd == self.mem_fd
+    }
+
+    /// How the next checkpoint saves pages: incremental on the chain while it is short enough,
+    /// else full (which compacts a chain into a new base).
+    fn next_mode(&self) -> Mode {
+        let c = &self.chain;
+        if !self.cfg.policy.incremental() || self.tracker.is_none() {
+            return Mode::default();
+        }
+        let short = c.len < self.cfg.chain_max
+            && c.bytes.saturating_mul(100)
+                <= c.base_bytes.saturating_mul(self.cfg.chain_size_pct as u64);
+        if c.head != 0 && short {
+            Mode {
+                parent: c.head,
+                rebase: false,
+            }
+        } else {
+            Mode {
+                parent: 0,
+                rebase: c.head != 0,
+            }
+        }
     }
 
     /// If `addr` lies in an excluded page range, where that range ends.
@@ -192,6 +260,21 @@ pub fn init(cfg: Config) -> Result<()> {
         path: dir.clone(),
         source: e,
     })? + 1;
+    let tracker = if cfg.policy.incremental() {
+        match crate::dirty::open(cfg.tracker) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                let _ = syscall::close(lock_fd);
+                let _ = syscall::close(dir_fd);
+                return Err(Error::Checkpoint(format!(
+                    "policy {} needs a dirty-page tracker: {e}",
+                    cfg.policy
+                )));
+            }
+        }
+    } else {
+        None
+    };
     let rt = Box::new(Runtime {
         sig: signals::checkpoint_signal(),
         dir_fd,
@@ -209,6 +292,8 @@ pub fn init(cfg: Config) -> Result<()> {
         committed: 0,
         failed: 0,
         last_error: None,
+        tracker,
+        chain: Chain::default(),
         cfg,
     });
     let rt = Box::into_raw(rt);
@@ -230,9 +315,11 @@ pub fn init(cfg: Config) -> Result<()> {
     log_at!(
         r.cfg,
         Info,
-        "checkpointing into {} {}, policy sequential, keeping {} (pages found by {})",
+        "checkpointing into {} {}, policy {}{}, keeping {} (pages found by {})",
         dir.display(),
         Interval(r.cfg.interval),
+        r.cfg.policy,
+        TrackerNote(r),
         r.cfg.keep,
         if r.pagemap_fd >= 0 {
             "PAGEMAP_SCAN"
@@ -241,6 +328,24 @@ pub fn init(cfg: Config) -> Result<()> {
         }
     );
     Ok(())
+}
+
+/// `, tracker NAME` when the policy uses one.
+struct TrackerNote<'a>(&'a Runtime);
+
+impl core::fmt::Display for TrackerNote<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self.0.tracker.as_deref() {
+            Some(t) => write!(
+                f,
+                ", tracker {} (full image every {} or at {}% of the full image's size)",
+                t.name(),
+                self.0.cfg.chain_max + 1,
+                self.0.cfg.chain_size_pct
+            ),
+            None => Ok(()),
+        }
+    }
 }
 
 struct Interval(Option<std::time::Duration>);
@@ -383,6 +488,7 @@ pub enum Outcome {
 struct Job {
     rt: *mut Runtime,
     generation: u64,
+    mode: Mode,
     mask: u64,
     result: Option<Result<CaptureStats, RawError>>,
 }
@@ -391,8 +497,20 @@ unsafe extern "C" fn capture_cb(ctx: *mut Context, arg: *mut c_void) -> usize {
     // SAFETY: `arg` is the Job on checkpoint()'s frame and `ctx` its Context; both outlive this
     // call; the runtime is held busy by checkpoint().
     let job = unsafe { &mut *(arg as *mut Job) };
-    // SAFETY: as above; the arena is only reached by the capture holding `busy`.
-    let (rt, arena, ctx) = unsafe { (&*job.rt, &mut *(*job.rt).arena, &*ctx) };
+    // SAFETY: as above; the arena and the tracker are only reached by the capture holding
+    // `busy`. The tracker is a separate allocation, not part of the runtime the capture reads.
+    let (rt, arena, ctx, tracker) = unsafe {
+        let tracker = (*job.rt)
+            .tracker
+            .as_deref_mut()
+            .map(|t| t as *mut dyn DirtyTracker);
+        (
+            &*job.rt,
+            &mut *(*job.rt).arena,
+            &*ctx,
+            tracker.map(|t| &mut *t),
+        )
+    };
     // While registered, the kernel rewrites the rseq area in the thread descriptor whenever the
     // thread is preempted or migrates: that memory would change between its checksum and its
     // write. Unregister for the capture; the image records the length to register again with.
@@ -401,6 +519,8 @@ unsafe extern "C" fn capture_cb(ctx: *mut Context, arg: *mut c_void) -> usize {
     let r = capture::capture(
         rt,
         arena,
+        tracker,
+        job.mode,
         ctx,
         job.mask,
         job.generation,
@@ -427,6 +547,7 @@ fn checkpoint(rt: *mut Runtime, mask: u64) -> core::result::Result<Outcome, RawE
     let mut job = Job {
         rt,
         generation: r.next_gen,
+        mode: r.next_mode(),
         mask,
         result: None,
     };
@@ -456,25 +577,34 @@ fn checkpoint(rt: *mut Runtime, mask: u64) -> core::result::Result<Outcome, RawE
                 r.next_gen = stats.generation + 1;
                 r.committed += 1;
                 r.last_error = None;
+                r.chain.committed(&stats);
                 let ms = (syscall::monotonic_ns() - t0) as f64 / 1e6;
                 let mib = stats.data_bytes as f64 / (1 << 20) as f64;
                 log_at!(
                     r.cfg,
                     Info,
-                    "checkpoint {} committed: {:.1} MiB in {} runs, {:.1} ms ({:.0} MiB/s)",
+                    "checkpoint {} committed ({}, {}): {:.1} MiB in {} runs, {:.1} ms, paused {:.1} ms ({:.0} MiB/s)",
                     stats.generation,
+                    if stats.parent == 0 {
+                        "full"
+                    } else {
+                        "incremental"
+                    },
+                    r.cfg.policy,
                     mib,
                     stats.runs,
+                    ms,
                     ms,
                     mib / (ms / 1e3).max(1e-9)
                 );
                 log_at!(
                     r.cfg,
                     Debug,
-                    "checkpoint {}: {} regions ({} with saved contents), {} open files, image {} bytes ({})",
+                    "checkpoint {}: {} regions ({} with saved contents, {} from the dirty tracker), {} open files, image {} bytes ({})",
                     stats.generation,
                     stats.regions.0,
                     stats.regions.1,
+                    stats.harvested,
                     stats.files,
                     stats.file_bytes,
                     if stats.recycled {
@@ -488,6 +618,8 @@ fn checkpoint(rt: *mut Runtime, mask: u64) -> core::result::Result<Outcome, RawE
             Err(e) => {
                 r.failed += 1;
                 r.last_error = Some(e);
+                // The dirty set harvested for it is gone: the next checkpoint is full.
+                r.chain.head = 0;
                 log_at!(
                     r.cfg,
                     Info,
@@ -509,6 +641,9 @@ extern "C" fn on_signal(_sig: i32, _info: *mut libc::siginfo_t, _uctx: *mut c_vo
     let errno = unsafe { *libc::__errno_location() };
     let rt = RUNTIME.load(Ordering::Acquire);
     if !rt.is_null() {
+        // The mprotect tracker resolves writes to tracked memory (the runtime's own state
+        // included) in a SIGSEGV handler, which a blocked SIGSEGV would turn into a kill.
+        let _ = syscall::sigprocmask(libc::SIG_UNBLOCK, Some(&FAULTS), None);
         // The handler runs with every signal blocked; the interrupted mask is in the frame.
         let _ = checkpoint(rt, 0);
         // SAFETY: rt stays valid until shutdown, which waits for `busy`.
@@ -517,6 +652,9 @@ extern "C" fn on_signal(_sig: i32, _info: *mut libc::siginfo_t, _uctx: *mut c_vo
     // SAFETY: as above.
     unsafe { *libc::__errno_location() = errno };
 }
+
+/// Synchronous fault signals, never blocked during a checkpoint (see `on_signal`).
+const FAULTS: u64 = (1 << (libc::SIGSEGV - 1)) | (1 << (libc::SIGBUS - 1));
 
 /// The running runtime; `None` when `init` found checkpointing off (callers then do nothing);
 /// an error before `init`.
@@ -539,7 +677,7 @@ pub fn checkpoint_now() -> Result<()> {
     // Every signal is blocked while the capture runs, as in the timer's handler: an application
     // handler must neither change memory being written nor run exit() in the middle.
     let mut old = 0u64;
-    let _ = syscall::sigprocmask(libc::SIG_BLOCK, Some(&!0u64), Some(&mut old));
+    let _ = syscall::sigprocmask(libc::SIG_BLOCK, Some(&!FAULTS), Some(&mut old));
     let r = checkpoint(rt, old);
     let _ = syscall::sigprocmask(libc::SIG_SETMASK, Some(&old), None);
     r.map(drop).map_err(Error::from)

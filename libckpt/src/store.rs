@@ -105,7 +105,50 @@ pub fn committed(dir_fd: i32, dents: &mut [u8], out: &mut [u64]) -> usize {
     n
 }
 
-/// Deletes committed generations beyond the newest `keep`, damaged ones older than those kept,
+/// The generation committed image `g` is relative to (its header's `parent`): 0 for a full
+/// image, and also 0 when the header cannot be read or is damaged (such an image cannot be
+/// restored, so it needs nothing older). Async-signal-safe.
+pub fn parent_of(dir_fd: i32, g: u64) -> u64 {
+    use zerocopy::FromBytes;
+    let mut nm = name(g, IMAGE);
+    let Some(c) = nm.as_cstr() else { return 0 };
+    let Ok(fd) = syscall::openat(dir_fd, c, libc::O_RDONLY | libc::O_CLOEXEC, 0) else {
+        return 0;
+    };
+    let mut buf = [0u8; size_of::<crate::image::Header>()];
+    let read = syscall::pread_exact(fd, &mut buf, 0);
+    let _ = syscall::close(fd);
+    if read != Ok(true) {
+        return 0;
+    }
+    match crate::image::Header::read_from_bytes(&buf) {
+        Ok(h) if h.magic == crate::image::MAGIC && h.compute_crc() == h.header_crc => h.parent,
+        _ => 0,
+    }
+}
+
+/// Whether generation `g` is `of` or one of the images `of`'s chain is built on.
+pub fn in_chain(dir_fd: i32, of: u64, g: u64) -> bool {
+    let mut at = of;
+    // Parents are strictly older; the bound only guards against a damaged loop.
+    for _ in 0..MAX_LISTED {
+        if at == g {
+            return true;
+        }
+        if at == 0 || at < g {
+            return false;
+        }
+        let p = parent_of(dir_fd, at);
+        if p >= at {
+            return false;
+        }
+        at = p;
+    }
+    false
+}
+
+/// Deletes committed generations that neither are among the newest `keep` nor are needed by
+/// one of them (the images an incremental one is built on), damaged ones older than those kept,
 /// and temporaries older than `current`. Best effort: a failure leaves extra files, never fewer.
 pub fn prune(dir_fd: i32, dents: &mut [u8], current: u64, keep: u32) {
     let mut images = [0u64; MAX_LISTED];
@@ -113,8 +156,25 @@ pub fn prune(dir_fd: i32, dents: &mut [u8], current: u64, keep: u32) {
     let n = images[..n].iter().take_while(|&&g| g <= current).count();
     let images = &mut images[..n];
     let keep = keep.max(1) as usize;
-    let oldest_kept = images.len().checked_sub(keep).map_or(0, |i| images[i]);
-    for &g in images.iter().take(images.len().saturating_sub(keep)) {
+    let first_kept = images.len().saturating_sub(keep);
+    // The oldest image a kept generation needs: kept ones and everything their chains reach.
+    let mut oldest_kept = images.get(first_kept).copied().unwrap_or(0);
+    let mut needed = [0u64; MAX_LISTED];
+    let mut n_needed = 0;
+    for &g in &images[first_kept..] {
+        let mut at = g;
+        while at != 0 && n_needed < needed.len() && !needed[..n_needed].contains(&at) {
+            needed[n_needed] = at;
+            n_needed += 1;
+            oldest_kept = oldest_kept.min(at);
+            let p = parent_of(dir_fd, at);
+            at = if p < at { p } else { 0 };
+        }
+    }
+    for &g in images.iter() {
+        if needed[..n_needed].contains(&g) {
+            continue;
+        }
         let mut nm = name(g, IMAGE);
         if let Some(c) = nm.as_cstr() {
             let _ = syscall::unlinkat(dir_fd, c);

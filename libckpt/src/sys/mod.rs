@@ -9,6 +9,7 @@ compile_error!("ckpt supports Linux on x86_64 only for now");
 pub mod arch;
 pub mod dirty;
 pub mod glibc;
+pub mod interpose;
 pub mod maps;
 pub mod mem;
 pub mod process;

@@ -59,3 +59,16 @@ pub fn reexec(args: &[CString]) -> std::io::Error {
     }
     std::io::Error::last_os_error()
 }
+
+/// The start of the program break area (`start_brk`, field 47 of `/proc/self/stat`).
+/// `/proc/self/maps` cannot tell it reliably: the kernel labels `[heap]` every mapping that
+/// touches the break area, including one that ends where it starts. Allocation-free.
+pub fn start_brk() -> Option<usize> {
+    let mut buf = [0u8; 1024];
+    let n = super::syscall::read_file(b"/proc/self/stat\0", &mut buf).ok()?;
+    let text = &buf[..n];
+    // The command name (field 2) may hold spaces and parentheses: fields resume after the last ')'.
+    let after = text.iter().rposition(|&b| b == b')')? + 2;
+    let field = text.get(after..)?.split(|&b| b == b' ').nth(47 - 3)?;
+    crate::text::parse_dec(field).map(|v| v as usize)
+}

@@ -88,15 +88,31 @@ struct Op {
     aux: usize,
 }
 
+/// One page run as the body applies it.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PlanRun {
+    /// Address in the process.
+    pub addr: usize,
+    /// Bytes.
+    pub len: usize,
+    /// Offset of the data in its image file.
+    pub off: u64,
+    /// Index of the image file (0 = the newest of the chain).
+    pub fd: u32,
+    /// The pages read as zeros (no data).
+    pub zero: bool,
+}
+
 #[repr(C)]
 struct Plan {
-    image_fd: i32,
+    image_fds: &'static [i32],
     ctx: Context,
     fs_base: usize,
     brk: usize,
     unmaps: &'static [(usize, usize)],
     ops: &'static [Op],
-    runs: &'static [RunRec],
+    runs: &'static [PlanRun],
     info: RestoreInfo,
 }
 
@@ -142,14 +158,19 @@ fn dev_of(st: &libc::stat) -> u64 {
     (libc::major(st.st_dev) as u64) << 32 | libc::minor(st.st_dev) as u64
 }
 
-/// Builds the plan and jumps into the image. Returns only on failure, before anything changed.
+/// Builds the plan and jumps into the image. `m` is the newest image's manifest, `runs` what
+/// to apply (see `restore::merged_runs`), `image_fds` the chain's files, newest first.
+/// Returns only on failure, before anything changed.
+#[allow(clippy::too_many_arguments)]
 pub fn restore_into(
     m: &Manifest,
-    image_fd: i32,
+    runs: &[PlanRun],
+    image_fds: &[i32],
     dir_fd: i32,
     lock_fd: i32,
     next_gen: u64,
     settings: Settings,
+    bytes: u64,
 ) -> Result<core::convert::Infallible, PlanError> {
     let debug = settings.log >= crate::config::LogLevel::Debug;
     let started_ns = syscall::monotonic_ns();
@@ -164,7 +185,8 @@ pub fn restore_into(
         + MAPS_BUF
         + MAX_UNMAPS * 16
         + m.regions.len() * size_of::<Op>()
-        + m.runs.len() * size_of::<RunRec>()
+        + size_of_val(runs)
+        + size_of_val(image_fds)
         + m.files.len() * size_of::<FileRec>()
         + m.signals.len() * size_of::<SignalRec>()
         + m.strings.len()
@@ -200,11 +222,12 @@ pub fn restore_into(
         process: m.process,
         strings: bump.copy(&m.strings).ok_or_else(too_small)?,
         started_ns,
-        bytes: m.header.data_len,
+        bytes,
         plan_range: (plan_map.addr(), plan_map.addr() + plan_map.size()),
         settings,
     };
-    let runs = bump.copy(&m.runs).ok_or_else(too_small)?;
+    let runs = bump.copy(runs).ok_or_else(too_small)?;
+    let image_fds = bump.copy(image_fds).ok_or_else(too_small)?;
     let ops = bump.take::<Op>(m.regions.len() + 2).ok_or_else(too_small)?;
     let unmaps = bump
         .take::<(usize, usize)>(MAX_UNMAPS)
@@ -245,7 +268,9 @@ pub fn restore_into(
                 _ => {}
             }
         }
-        let cur_brk_start = cur_heap_start.unwrap_or_else(|| syscall::brk(0));
+        let cur_brk_start = super::process::start_brk()
+            .or(cur_heap_start)
+            .unwrap_or_else(|| syscall::brk(0));
         if cur_brk_start as u64 != p.brk_start {
             return err(format!(
                 "the program break starts at {cur_brk_start:#x}, the image's at {:#x}",
@@ -403,7 +428,7 @@ pub fn restore_into(
     };
     let _ = close_opened;
     plan_slot[0] = Plan {
-        image_fd,
+        image_fds,
         ctx: Context::from(&m.process.ctx),
         fs_base: m.process.fs_base as usize,
         brk: m.process.brk as usize,
@@ -545,10 +570,19 @@ unsafe extern "C" fn restore_body(arg: *mut c_void) -> ! {
         }
     }
     for run in p.runs {
-        let (mut addr, mut left, mut off) = (run.addr as usize, run.len as usize, run.data_off);
+        let (mut addr, mut left, mut off) = (run.addr, run.len, run.off);
+        if run.zero {
+            // SAFETY: the run lies in a chain region: anonymous private memory of the image.
+            let _ = unsafe { syscall::madvise(addr, left, libc::MADV_DONTNEED) };
+            continue;
+        }
+        let fd = match p.image_fds.get(run.fd as usize) {
+            Some(&fd) => fd,
+            None => die(b"page run of an unknown image", addr),
+        };
         while left > 0 {
             // SAFETY: the run lies in a saved region, now mapped writable.
-            match unsafe { syscall::pread_raw(p.image_fd, addr, left, off) } {
+            match unsafe { syscall::pread_raw(fd, addr, left, off) } {
                 Ok(0) => die(b"image shorter than its runs", addr),
                 Ok(n) => {
                     addr = addr.wrapping_add(n);
@@ -569,7 +603,9 @@ unsafe extern "C" fn restore_body(arg: *mut c_void) -> ! {
             let _ = syscall::close(op.fd);
         }
     }
-    let _ = syscall::close(p.image_fd);
+    for &fd in p.image_fds {
+        let _ = syscall::close(fd);
+    }
     // SAFETY: the saved thread descriptor is back in memory at this address.
     if unsafe { syscall::set_fs_base(p.fs_base) }.is_err() {
         die(b"arch_prctl(ARCH_SET_FS)", p.fs_base);

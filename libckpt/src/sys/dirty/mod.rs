@@ -71,7 +71,7 @@ use super::syscall::Errno;
 mod mprotect;
 mod uffd;
 
-pub use mprotect::Mprotect;
+pub use mprotect::{Mprotect, before_remap};
 pub use uffd::UffdAsync;
 
 /// The environment variable that forces a tracker.
@@ -201,6 +201,20 @@ pub trait DirtyTracker: fmt::Debug + Send {
     /// Stops tracking every range (as `untrack` on each, errors ignored); the tracker can be
     /// used again.
     fn untrack_all(&mut self);
+
+    /// Calls `each(start, end)` for every tracked range, in address order.
+    fn each_range(&self, each: &mut dyn FnMut(usize, usize));
+
+    /// Calls `each(fd)` for every file descriptor the tracker holds (none are the
+    /// application's; a checkpoint must not record them).
+    fn each_fd(&self, each: &mut dyn FnMut(i32));
+
+    /// Forgets every range without touching memory and re-creates the tracker's kernel objects,
+    /// giving its descriptors numbers at least `min_fd`: for a process just restored from a
+    /// checkpoint, whose memory holds this tracker but whose kernel state (descriptors,
+    /// registrations, protections) is new. The descriptor numbers remembered in the restored
+    /// memory are not closed: they may belong to files restored since. Allocation-free.
+    fn renew(&mut self, min_fd: i32) -> Result<(), DirtyError>;
 }
 
 /// The trackers this crate implements.

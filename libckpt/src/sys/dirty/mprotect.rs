@@ -81,6 +81,8 @@ static PREV_HANDLER: AtomicUsize = AtomicUsize::new(libc::SIG_DFL);
 static PREV_FLAGS: AtomicUsize = AtomicUsize::new(0);
 /// Faults that hit the VMA limit and made a whole range dirty (see `on_segv`).
 static OVERFLOWS: AtomicUsize = AtomicUsize::new(0);
+/// Mappings made writable again after their protected pages moved (see `unprotect_moved`).
+static MOVED: AtomicUsize = AtomicUsize::new(0);
 
 /// The bitmap word holding page `index`'s bit.
 ///
@@ -139,7 +141,87 @@ extern "C" fn on_segv(sig: i32, info: *mut libc::siginfo_t, ctx: *mut libc::c_vo
         }
         fatal(b"ckpt: mprotect dirty tracker: cannot unprotect a written page\n");
     }
+    if code == SEGV_ACCERR && ACTIVE.load(Ordering::Acquire) && unprotect_moved(addr) {
+        return;
+    }
     chain(sig, info, ctx);
+}
+
+/// Pages this tracker protected can move out of their range without it knowing: the C
+/// library's `realloc` moves large blocks with its internal `mremap`, which no wrapper sees.
+/// A write fault on read-only private anonymous memory outside every range is taken to be
+/// such a page: its whole mapping is made writable again (the next checkpoint finds it as a
+/// new region, saves it whole and tracks it). The cost: while this tracker is active, a write
+/// into anonymous memory the program itself made read-only no longer faults. Reads the memory
+/// map with raw system calls into a stack buffer (async-signal-safe).
+fn unprotect_moved(addr: usize) -> bool {
+    let Ok(fd) = syscall::open(b"/proc/self/maps\0", libc::O_RDONLY | libc::O_CLOEXEC, 0) else {
+        return false;
+    };
+    // Small: the handler may run on a small alternate signal stack. A line longer than the
+    // buffer (a long path) is skipped; anonymous mappings have short lines.
+    let mut buf = [0u8; 512];
+    let mut have = 0;
+    let mut skipping = false;
+    let mut found = None;
+    'read: loop {
+        let n = match syscall::read(fd, &mut buf[have..]) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        have += n;
+        let mut at = 0;
+        while let Some(nl) = buf[at..have].iter().position(|&b| b == b'\n') {
+            let line = &buf[at..at + nl];
+            at += nl + 1;
+            if core::mem::take(&mut skipping) {
+                continue;
+            }
+            if let Some(Ok(e)) = super::super::maps::parse(line).next()
+                && e.start <= addr
+                && addr < e.end
+            {
+                let anon = e.inode == 0 && e.path.is_empty() || e.path == b"[heap]";
+                let read_only = e.prot == libc::PROT_READ;
+                found = (anon && !e.shared && read_only).then_some((e.start, e.end));
+                break 'read;
+            }
+        }
+        buf.copy_within(at..have, 0);
+        have -= at;
+        if have == buf.len() {
+            skipping = true;
+            have = 0;
+        }
+    }
+    let _ = syscall::close(fd);
+    let Some((start, end)) = found else {
+        return false;
+    };
+    MOVED.fetch_add(1, Ordering::Relaxed);
+    // SAFETY: private anonymous memory that faulted on a write; see above.
+    unsafe { syscall::mprotect(start, end - start, RW) }.is_ok()
+}
+
+/// Prepares `[start, start + len)` for the program's own `mremap`: tracked pages in it count
+/// as written and become writable, so the range is one mapping again (the kernel refuses to
+/// remap across mappings of different protections) and nothing read-only moves away.
+pub fn before_remap(start: usize, len: usize) {
+    if !ACTIVE.load(Ordering::Acquire) {
+        return;
+    }
+    let end = start.saturating_add(len);
+    for (s, l, bits) in SLOTS.iter().filter_map(Slot::get) {
+        let (a, b) = (start.max(s) & !(PAGE - 1), end.min(s + l));
+        if a >= b {
+            continue;
+        }
+        for p in (a - s) / PAGE..(b - s).div_ceil(PAGE) {
+            // SAFETY: the slot is live and `p` is inside its range.
+            unsafe { word(bits, p) }.fetch_or(1 << (p % 64), Ordering::Relaxed);
+        }
+        let _ = protect_mapped(a, (b - a).next_multiple_of(PAGE), RW);
+    }
 }
 
 /// Hands a fault that is not ours to the handler that was there before.
@@ -317,14 +399,8 @@ impl DirtyTracker for Mprotect {
                 len,
             });
         };
-        let r = match Self::mprotect("mprotect(PROT_READ|PROT_WRITE)", start, len, RW) {
-            // Unmapped since: nothing to undo.
-            Err(DirtyError::Sys {
-                errno: Errno(libc::ENOMEM),
-                ..
-            }) => Ok(()),
-            r => r,
-        };
+        // What was unmapped since needs nothing undone; what is left becomes writable again.
+        let r = protect_mapped(start, len, RW);
         self.release(i);
         r
     }
@@ -441,10 +517,60 @@ impl DirtyTracker for Mprotect {
     fn untrack_all(&mut self) {
         for (i, slot) in SLOTS.iter().enumerate() {
             if let Some((s, l, _)) = slot.get() {
-                let _ = Self::mprotect("mprotect", s, l, RW);
+                let _ = protect_mapped(s, l, RW);
                 self.release(i);
             }
         }
+    }
+
+    fn each_range(&self, each: &mut dyn FnMut(usize, usize)) {
+        let mut from = 0;
+        while let Some((s, l, _)) = SLOTS
+            .iter()
+            .filter_map(Slot::get)
+            .filter(|&(s, _, _)| s >= from)
+            .min_by_key(|&(s, _, _)| s)
+        {
+            each(s, s + l);
+            from = s + l;
+        }
+    }
+
+    fn each_fd(&self, _each: &mut dyn FnMut(i32)) {}
+
+    fn renew(&mut self, _min_fd: i32) -> Result<(), DirtyError> {
+        // The restored memory's protections are the image's (read-write), the bitmaps are
+        // restored copies: forget the slots, drop (unmap) the bitmaps.
+        for (i, slot) in SLOTS.iter().enumerate() {
+            if slot.get().is_some() || self.bitmaps[i].is_some() {
+                self.release(i);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `mprotect(start, len, prot)` on whatever of the range is still mapped: the kernel stops at
+/// the first hole (`ENOMEM`), so a range that was partly unmapped is split until every mapped
+/// piece has been changed.
+fn protect_mapped(start: usize, len: usize, prot: i32) -> Result<(), DirtyError> {
+    // SAFETY: see `Mprotect::mprotect`: only tracked ranges reach here.
+    match unsafe { syscall::mprotect(start, len, prot) } {
+        Ok(()) => Ok(()),
+        Err(Errno(libc::ENOMEM)) if len > PAGE => {
+            let half = (len / PAGE / 2) * PAGE;
+            let a = protect_mapped(start, half, prot);
+            let b = protect_mapped(start + half, len - half, prot);
+            a.and(b)
+        }
+        Err(Errno(libc::ENOMEM)) => Ok(()),
+        Err(errno) => Err(DirtyError::Sys {
+            tracker: NAME,
+            op: "mprotect",
+            start,
+            len,
+            errno,
+        }),
     }
 }
 

@@ -307,8 +307,10 @@ fn mprotect_chains_foreign_faults() {
         let tracked = Mapping::anonymous(4 * PAGE).expect("mmap");
         let foreign = Mapping::anonymous(PAGE).expect("mmap");
         t.track(tracked.addr(), 4 * PAGE).expect("track");
-        // SAFETY: the test's own page; its handler makes it writable again.
-        unsafe { syscall::mprotect(foreign.addr(), PAGE, libc::PROT_READ) }.expect("mprotect");
+        // SAFETY: the test's own page; its handler makes it writable again. (Not read-only:
+        // the tracker takes a write to read-only anonymous memory outside its ranges for one of
+        // its own pages moved by the C library's mremap, see `unprotect_moved`.)
+        unsafe { syscall::mprotect(foreign.addr(), PAGE, libc::PROT_NONE) }.expect("mprotect");
         poke(tracked.addr(), 2, 1);
         assert_eq!(PREV_CALLS.load(core::sync::atomic::Ordering::Relaxed), 0);
         poke(foreign.addr(), 0, 1);

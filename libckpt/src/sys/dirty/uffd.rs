@@ -413,6 +413,45 @@ impl DirtyTracker for UffdAsync {
         }
         self.ranges.clear();
     }
+
+    fn each_range(&self, each: &mut dyn FnMut(usize, usize)) {
+        for &(s, e) in &self.ranges {
+            each(s, e);
+        }
+    }
+
+    fn each_fd(&self, each: &mut dyn FnMut(i32)) {
+        each(self.uffd.as_raw_fd());
+        each(self.pagemap.as_raw_fd());
+    }
+
+    fn renew(&mut self, min_fd: i32) -> Result<(), DirtyError> {
+        const WANT: u64 = UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_UNPOPULATED;
+        self.ranges.clear();
+        let (uffd, _) = open_uffd(WANT)?;
+        let pagemap = syscall::open(b"/proc/self/pagemap\0", libc::O_RDONLY | libc::O_CLOEXEC, 0)
+            .map_err(sys_err("open /proc/self/pagemap", 0, 0))?;
+        let (uffd, pagemap) = (raise(uffd, min_fd), raise(owned(pagemap), min_fd));
+        // The old numbers were this process's before the restore; forget them unclosed.
+        core::mem::forget(core::mem::replace(&mut self.uffd, uffd));
+        core::mem::forget(core::mem::replace(&mut self.pagemap, pagemap));
+        Ok(())
+    }
+}
+
+/// `fd` moved to a number at least `min_fd` (kept where it is if that fails).
+fn raise(fd: OwnedFd, min_fd: i32) -> OwnedFd {
+    if fd.as_raw_fd() >= min_fd {
+        return fd;
+    }
+    match syscall::fcntl(
+        fd.as_raw_fd(),
+        libc::F_DUPFD_CLOEXEC,
+        min_fd.max(0) as usize,
+    ) {
+        Ok(n) => owned(n as i32),
+        Err(_) => fd,
+    }
 }
 
 impl Drop for UffdAsync {
