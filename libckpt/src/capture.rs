@@ -127,11 +127,12 @@ pub fn capture(
         .iter()
         .position(|&p| p == rt.cfg.policy)
         .unwrap_or(0) as u32;
-    process.tracker = match tracker.as_deref().map(|t| t.kind()) {
-        None => 0,
-        Some(TrackerKind::UffdAsync) => 1,
-        Some(TrackerKind::Mprotect) => 2,
-    };
+    process.tracker = tracker.as_deref().map_or(0, |t| {
+        TrackerKind::all()
+            .iter()
+            .position(|&k| k == t.kind())
+            .map_or(0, |i| i as u32 + 1)
+    });
     capture_files(rt, &mut t)?;
     capture_signals(&mut t)?;
     // Harvest before the memory map is read: under the mprotect tracker, harvesting protects
@@ -560,18 +561,12 @@ fn write_image(
         // some would keep mappings from merging as they do untracked, and a later mremap of
         // what the program sees as one mapping would fail), read-write memory under mprotect.
         let rw = (libc::PROT_READ | libc::PROT_WRITE) as u32;
-        let trackable = sv
-            .tracker
-            .as_deref()
-            .is_some_and(|tr| tr.kind() == TrackerKind::UffdAsync || r.prot & rw == rw)
-            && r.flags & (CANDIDATE | REGION_FILE | REGION_SHARED | WHOLE | REGION_STACK)
-                == CANDIDATE
-            && !sv.internal(start, end)
-            && !(sv
-                .tracker
-                .as_deref()
-                .is_some_and(|tr| tr.kind() == TrackerKind::Mprotect)
-                && kernel_writes_into(p, start, end));
+        let trackable = match sv.tracker.as_deref().map(|tr| tr.kind()) {
+            None => false,
+            Some(TrackerKind::UffdAsync) => true,
+            Some(TrackerKind::Mprotect) => r.prot & rw == rw && !kernel_writes_into(p, start, end),
+        } && private_anon(&r)
+            && !sv.internal(start, end);
         if trackable && sv.mode.parent != 0 {
             let k = t.arena.tracked[..sv.n_tracked]
                 .iter()
@@ -756,6 +751,12 @@ fn kernel_writes_into(p: &ProcessRec, start: usize, end: usize) -> bool {
         || hit(p.altstack_sp, p.altstack_size)
 }
 
+/// Private anonymous memory other than the main stack (heap included): what a dirty tracker
+/// can watch. (Kernel special mappings and the arena are never candidates.)
+fn private_anon(r: &RegionRec) -> bool {
+    r.flags & (CANDIDATE | REGION_FILE | REGION_SHARED | WHOLE | REGION_STACK) == CANDIDATE
+}
+
 /// What `write_image` needs to save pages incrementally.
 struct Saver<'a> {
     tracker: Option<&'a mut dyn DirtyTracker>,
@@ -851,11 +852,6 @@ fn settle_tracking(t: &mut Tables<'_>, tracker: &mut dyn DirtyTracker, n: usize)
             start, end, intact, ..
         } = t.arena.tracked[k];
         let regions = &t.arena.regions[..t.n_regions];
-        let anon = |r: &RegionRec| {
-            r.flags
-                & (CANDIDATE | REGION_FILE | REGION_SHARED | WHOLE | REGION_STACK | REGION_SPECIAL)
-                == CANDIDATE
-        };
         let still = intact
             && if mprotect {
                 let mut at = start;
@@ -863,7 +859,8 @@ fn settle_tracking(t: &mut Tables<'_>, tracker: &mut dyn DirtyTracker, n: usize)
                     .iter()
                     .filter(|r| r.end as usize > start && (r.start as usize) < end)
                 {
-                    if r.start as usize > at || !anon(r) || r.prot != libc::PROT_READ as u32 {
+                    if r.start as usize > at || !private_anon(r) || r.prot != libc::PROT_READ as u32
+                    {
                         break;
                     }
                     at = r.end as usize;
@@ -872,7 +869,7 @@ fn settle_tracking(t: &mut Tables<'_>, tracker: &mut dyn DirtyTracker, n: usize)
             } else {
                 regions
                     .iter()
-                    .any(|r| (r.start as usize, r.end as usize) == (start, end) && anon(r))
+                    .any(|r| (r.start as usize, r.end as usize) == (start, end) && private_anon(r))
             };
         if !still {
             t.arena.tracked[k].intact = false;
@@ -950,22 +947,16 @@ fn save_zero_gaps(
         if a >= b {
             return Ok(());
         }
-        if t.n_runs == t.arena.runs.len() {
-            return Err(raw_err!(
-                Capacity,
-                "more than {} page runs",
-                t.arena.runs.len()
-            ));
-        }
-        t.arena.runs[t.n_runs] = RunRec {
-            addr: a as u64,
-            len: (b - a) as u64,
-            data_off: 0,
-            crc: 0,
-            kind: RUN_ZERO,
-        };
-        t.n_runs += 1;
-        Ok(())
+        push_run(
+            t,
+            RunRec {
+                addr: a as u64,
+                len: (b - a) as u64,
+                data_off: 0,
+                crc: 0,
+                kind: RUN_ZERO,
+            },
+        )
     };
     let scanned = scan_populated(
         rt.pagemap_fd,
@@ -1028,13 +1019,8 @@ fn write_run(
     len: usize,
     via_mem: bool,
 ) -> Result<(), RawError> {
-    if t.n_runs == t.arena.runs.len() {
-        return Err(raw_err!(
-            Capacity,
-            "more than {} page runs",
-            t.arena.runs.len()
-        ));
-    }
+    // Checked before the data is written, as well as when the run is recorded.
+    run_room(t)?;
     crate::fault::point("write-data").map_err(|e| RawError::sys("write", b"page data", e))?;
     if mode.rebase {
         crate::fault::point("compact-data").map_err(|e| RawError::sys("write", b"page data", e))?;
@@ -1066,15 +1052,37 @@ fn write_run(
         let from = flushed * WRITEBACK_BATCH;
         let _ = syscall::start_writeback(fd, from, *off + len as u64 - from);
     }
-    t.arena.runs[t.n_runs] = RunRec {
-        addr: addr as u64,
-        len: len as u64,
-        data_off: *off,
-        crc,
-        kind: RUN_DATA,
-    };
-    t.n_runs += 1;
+    push_run(
+        t,
+        RunRec {
+            addr: addr as u64,
+            len: len as u64,
+            data_off: *off,
+            crc,
+            kind: RUN_DATA,
+        },
+    )?;
     *off += len as u64;
+    Ok(())
+}
+
+/// Fails if the run table is full.
+fn run_room(t: &Tables<'_>) -> Result<(), RawError> {
+    if t.n_runs == t.arena.runs.len() {
+        return Err(raw_err!(
+            Capacity,
+            "more than {} page runs",
+            t.arena.runs.len()
+        ));
+    }
+    Ok(())
+}
+
+/// Appends a run record to the image's run table.
+fn push_run(t: &mut Tables<'_>, run: RunRec) -> Result<(), RawError> {
+    run_room(t)?;
+    t.arena.runs[t.n_runs] = run;
+    t.n_runs += 1;
     Ok(())
 }
 

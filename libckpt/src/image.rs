@@ -139,23 +139,14 @@ pub struct ProcessRec {
     pub vvar: u64,
     /// Bytes of the image's page data, for progress reporting.
     pub saved_bytes: u64,
-    /// The policy that took the checkpoint: [`POLICY_NAMES`] index.
+    /// The policy that took the checkpoint: its index in `Policy::all()`
+    /// (0 `sequential`, 1 `incremental`, 2 `forked`, 3 `forked-incremental`, 4 `buffered`,
+    /// 5 `buffered-incremental`).
     pub policy: u32,
-    /// The dirty tracker in use: 0 none, 1 `uffd-async`, 2 `mprotect`.
+    /// The dirty tracker in use: 0 none, else 1 + its index in `TrackerKind::all()`
+    /// (1 `uffd-async`, 2 `mprotect`).
     pub tracker: u32,
 }
-
-/// Names of `ProcessRec::policy` values.
-pub const POLICY_NAMES: [&str; 6] = [
-    "sequential",
-    "incremental",
-    "forked",
-    "forked-incremental",
-    "buffered",
-    "buffered-incremental",
-];
-/// Names of `ProcessRec::tracker` values.
-pub const TRACKER_NAMES: [&str; 3] = ["none", "uffd-async", "mprotect"];
 
 /// The saved registers, as stored (the in-memory [`Context`] padded to a fixed layout).
 #[repr(C)]

@@ -108,7 +108,6 @@ pub fn check_identity(m: &Manifest, image: &Path) -> Result<()> {
 
 /// One image of a chain, loaded and verified.
 pub(crate) struct Link {
-    pub number: u64,
     pub manifest: Manifest,
     pub file: File,
 }
@@ -140,7 +139,6 @@ pub(crate) fn load_chain(dir: &Path, g: u64) -> Result<Vec<Link>, Reject> {
             ))));
         }
         chain.push(Link {
-            number: want,
             manifest: m,
             file: f,
         });
@@ -366,7 +364,7 @@ pub fn restore(cfg: &Config) -> Result<()> {
             format!(
                 "incremental, a chain of {} images from generation {}",
                 chain.len(),
-                chain[chain.len() - 1].number
+                chain[chain.len() - 1].manifest.header.generation
             )
         };
         log_at!(

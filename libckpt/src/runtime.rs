@@ -240,6 +240,17 @@ pub fn init(cfg: Config) -> Result<()> {
     }
     crate::restore::ensure_fixed_layout()?;
     crate::fault::install(crate::fault::from_env());
+    let tracker = if cfg.policy.incremental() {
+        let t = crate::dirty::open(cfg.tracker).map_err(|e| {
+            Error::Checkpoint(format!(
+                "policy {} needs a dirty-page tracker: {e}",
+                cfg.policy
+            ))
+        })?;
+        Some(t)
+    } else {
+        None
+    };
     let (dir_fd, lock_fd) = open_store(&dir)?;
     let arena = match Arena::new() {
         Ok(a) => Box::into_raw(Box::new(a)),
@@ -260,21 +271,7 @@ pub fn init(cfg: Config) -> Result<()> {
         path: dir.clone(),
         source: e,
     })? + 1;
-    let tracker = if cfg.policy.incremental() {
-        match crate::dirty::open(cfg.tracker) {
-            Ok(t) => Some(t),
-            Err(e) => {
-                let _ = syscall::close(lock_fd);
-                let _ = syscall::close(dir_fd);
-                return Err(Error::Checkpoint(format!(
-                    "policy {} needs a dirty-page tracker: {e}",
-                    cfg.policy
-                )));
-            }
-        }
-    } else {
-        None
-    };
+
     let rt = Box::new(Runtime {
         sig: signals::checkpoint_signal(),
         dir_fd,

@@ -127,24 +127,25 @@ pub fn parent_of(dir_fd: i32, g: u64) -> u64 {
     }
 }
 
+/// Calls `visit` with `of`, then the generation it builds on, and so on down to the full image,
+/// while `visit` returns true. Parents are strictly older; a damaged link (unreadable header,
+/// or a parent not older) ends the walk.
+fn walk_chain(dir_fd: i32, of: u64, mut visit: impl FnMut(u64) -> bool) {
+    let mut at = of;
+    while at != 0 && visit(at) {
+        let p = parent_of(dir_fd, at);
+        at = if p < at { p } else { 0 };
+    }
+}
+
 /// Whether generation `g` is `of` or one of the images `of`'s chain is built on.
 pub fn in_chain(dir_fd: i32, of: u64, g: u64) -> bool {
-    let mut at = of;
-    // Parents are strictly older; the bound only guards against a damaged loop.
-    for _ in 0..MAX_LISTED {
-        if at == g {
-            return true;
-        }
-        if at == 0 || at < g {
-            return false;
-        }
-        let p = parent_of(dir_fd, at);
-        if p >= at {
-            return false;
-        }
-        at = p;
-    }
-    false
+    let mut found = false;
+    walk_chain(dir_fd, of, |at| {
+        found |= at == g;
+        at > g
+    });
+    found
 }
 
 /// Deletes committed generations that neither are among the newest `keep` nor are needed by
@@ -162,14 +163,15 @@ pub fn prune(dir_fd: i32, dents: &mut [u8], current: u64, keep: u32) {
     let mut needed = [0u64; MAX_LISTED];
     let mut n_needed = 0;
     for &g in &images[first_kept..] {
-        let mut at = g;
-        while at != 0 && n_needed < needed.len() && !needed[..n_needed].contains(&at) {
+        walk_chain(dir_fd, g, |at| {
+            if n_needed == needed.len() || needed[..n_needed].contains(&at) {
+                return false;
+            }
             needed[n_needed] = at;
             n_needed += 1;
             oldest_kept = oldest_kept.min(at);
-            let p = parent_of(dir_fd, at);
-            at = if p < at { p } else { 0 };
-        }
+            true
+        });
     }
     for &g in images.iter() {
         if needed[..n_needed].contains(&g) {

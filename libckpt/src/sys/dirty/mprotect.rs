@@ -210,18 +210,30 @@ pub fn before_remap(start: usize, len: usize) {
     if !ACTIVE.load(Ordering::Acquire) {
         return;
     }
-    let end = start.saturating_add(len);
-    for (s, l, bits) in SLOTS.iter().filter_map(Slot::get) {
-        let (a, b) = (start.max(s) & !(PAGE - 1), end.min(s + l));
+    let _ = mark_written(start, len, |a, n| protect_mapped(a, n, RW));
+}
+
+/// Marks the tracked pages of `[start, start + len)` (widened to whole pages) as written, then
+/// hands each tracked piece to `unprotect(start, len)`: marked first, because once writable a
+/// write is no longer seen by the handler.
+fn mark_written(
+    start: usize,
+    len: usize,
+    unprotect: impl Fn(usize, usize) -> Result<(), DirtyError>,
+) -> Result<(), DirtyError> {
+    let (lo, hi) = super::page_span(start, start.saturating_add(len));
+    for (rs, rl, bits) in SLOTS.iter().filter_map(Slot::get) {
+        let (a, b) = (lo.max(rs), hi.min(rs + rl));
         if a >= b {
             continue;
         }
-        for p in (a - s) / PAGE..(b - s).div_ceil(PAGE) {
+        for p in (a - rs) / PAGE..(b - rs) / PAGE {
             // SAFETY: the slot is live and `p` is inside its range.
             unsafe { word(bits, p) }.fetch_or(1 << (p % 64), Ordering::Relaxed);
         }
-        let _ = protect_mapped(a, (b - a).next_multiple_of(PAGE), RW);
+        unprotect(a, b - a)?;
     }
+    Ok(())
 }
 
 /// Hands a fault that is not ours to the handler that was there before.
@@ -475,20 +487,9 @@ impl DirtyTracker for Mprotect {
     }
 
     fn prepare_kernel_write(&mut self, start: usize, len: usize) -> Result<(), DirtyError> {
-        let (lo, hi) = super::page_span(start, start.saturating_add(len));
-        for (rs, rl, bits) in SLOTS.iter().filter_map(Slot::get) {
-            let (a, b) = (lo.max(rs), hi.min(rs + rl));
-            if a >= b {
-                continue;
-            }
-            // Mark first: once writable, a write is no longer seen by the handler.
-            for p in (a - rs) / PAGE..(b - rs) / PAGE {
-                // SAFETY: the slot is live and `p` is inside its range.
-                unsafe { word(bits, p) }.fetch_or(1 << (p % 64), Ordering::Relaxed);
-            }
-            Self::mprotect("mprotect(PROT_READ|PROT_WRITE)", a, b - a, RW)?;
-        }
-        Ok(())
+        mark_written(start, len, |a, n| {
+            Self::mprotect("mprotect(PROT_READ|PROT_WRITE)", a, n, RW)
+        })
     }
 
     fn kernel_writes_transparent(&self) -> bool {

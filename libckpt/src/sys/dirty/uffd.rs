@@ -99,6 +99,8 @@ const PAGE_IS_WRITTEN: u64 = 1 << 1;
 /// Entries in the scan buffer: each is a run, so one ioctl reports up to this many runs; more
 /// take more ioctls, continuing at `walk_end`.
 const SCAN_ENTRIES: usize = 512;
+/// The userfaultfd features this tracker needs.
+const WANT: u64 = UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_UNPOPULATED;
 /// Ranges one tracker can hold (the table is allocated up front so `harvest` never allocates).
 const MAX_RANGES: usize = 1024;
 
@@ -152,11 +154,17 @@ fn open_uffd(features: u64) -> Result<(OwnedFd, u64), DirtyError> {
     Ok((fd, api.features))
 }
 
+/// Opens `/proc/self/pagemap`, which `PAGEMAP_SCAN` is issued on.
+fn open_pagemap() -> Result<OwnedFd, DirtyError> {
+    syscall::open(b"/proc/self/pagemap\0", libc::O_RDONLY | libc::O_CLOEXEC, 0)
+        .map(owned)
+        .map_err(sys_err("open /proc/self/pagemap", 0, 0))
+}
+
 impl UffdAsync {
     /// Opens the userfaultfd and `/proc/self/pagemap` and checks that the kernel has
     /// everything this tracker needs.
     pub fn new() -> Result<UffdAsync, DirtyError> {
-        const WANT: u64 = UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_UNPOPULATED;
         // The handshake happens once per fd and fails outright on an unknown feature bit, so a
         // throwaway fd asks with no features to learn which ones the kernel reports.
         let (probe, reported) = open_uffd(0).map_err(|e| match e {
@@ -189,11 +197,9 @@ impl UffdAsync {
                 reason: "UFFDIO_API did not grant WP_ASYNC and WP_UNPOPULATED",
             });
         }
-        let pagemap = syscall::open(b"/proc/self/pagemap\0", libc::O_RDONLY | libc::O_CLOEXEC, 0)
-            .map_err(sys_err("open /proc/self/pagemap", 0, 0))?;
         let mut tracker = UffdAsync {
             uffd,
-            pagemap: owned(pagemap),
+            pagemap: open_pagemap()?,
             ranges: Vec::with_capacity(MAX_RANGES),
             buf: vec![PageRegion::default(); SCAN_ENTRIES],
         };
@@ -426,12 +432,9 @@ impl DirtyTracker for UffdAsync {
     }
 
     fn renew(&mut self, min_fd: i32) -> Result<(), DirtyError> {
-        const WANT: u64 = UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_UNPOPULATED;
         self.ranges.clear();
         let (uffd, _) = open_uffd(WANT)?;
-        let pagemap = syscall::open(b"/proc/self/pagemap\0", libc::O_RDONLY | libc::O_CLOEXEC, 0)
-            .map_err(sys_err("open /proc/self/pagemap", 0, 0))?;
-        let (uffd, pagemap) = (raise(uffd, min_fd), raise(owned(pagemap), min_fd));
+        let (uffd, pagemap) = (raise(uffd, min_fd), raise(open_pagemap()?, min_fd));
         // The old numbers were this process's before the restore; forget them unclosed.
         core::mem::forget(core::mem::replace(&mut self.uffd, uffd));
         core::mem::forget(core::mem::replace(&mut self.pagemap, pagemap));
