@@ -34,7 +34,7 @@ use std::error::Error;
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
@@ -57,6 +57,10 @@ const SHARES: [u32; 3] = [10, 50, 250];
 const FORK_DIRTY: u32 = 50;
 /// How long to wait for a (background) checkpoint to commit before calling it lost.
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a heap child may take to answer a command (fill a heap, take a checkpoint).
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long one example run may take before it is killed (the longest take a few seconds).
+const RUN_TIMEOUT: Duration = Duration::from_secs(300);
 
 const CHILD_ENV: &str = "CKPT_BENCH_CHILD";
 const TRACKERS: [&str; 2] = ["uffd-async", "mprotect"];
@@ -393,6 +397,10 @@ fn check_parser() -> Result<()> {
             ),
         ),
         (
+            "ckpt[12]: checkpoint 9 committed (full, sequential): 256.1 MiB in 3 runs, 60.5 ms, paused 60.5 ms (4233 MiB/s)",
+            c(9, Some("full"), Some("sequential"), 256.1, 60.5, Some(60.5)),
+        ),
+        (
             "ckpt[12]: checkpoint 7 committed: 1024.1 MiB in 5 runs, 236.0 ms (4338 MiB/s)",
             c(7, None, None, 1024.1, 236.0, None),
         ),
@@ -448,7 +456,8 @@ struct HeapProc {
     what: String,
     child: Child,
     to: Option<ChildStdin>,
-    from: BufReader<ChildStdout>,
+    /// Its stdout, line by line (a channel, so that a hung child times out).
+    from: Receiver<String>,
     log: Receiver<String>,
     /// Every log line seen, for error messages.
     seen: Vec<String>,
@@ -483,7 +492,7 @@ impl HeapProc {
         }
         let mut child = cmd.spawn()?;
         let to = child.stdin.take();
-        let from = BufReader::new(child.stdout.take().ok_or("no stdout")?);
+        let from = lines_of(child.stdout.take().ok_or("no stdout")?);
         let log = lines_of(child.stderr.take().ok_or("no stderr")?);
         let mut p = HeapProc {
             what: what.to_string(),
@@ -499,6 +508,7 @@ impl HeapProc {
         if line != "ready" {
             return Err(p.failed(&format!("ready, got {line:?}")));
         }
+        // The library's messages about a failed start come before "ready".
         // The init line comes before "ready".
         while let Ok(l) = p.log.recv_timeout(Duration::from_millis(50)) {
             p.note(l);
@@ -516,10 +526,15 @@ impl HeapProc {
         self.seen.push(l);
     }
 
+    /// The child's next answer; a child that gives none within `ANSWER_TIMEOUT` is killed.
     fn line(&mut self) -> Result<String> {
-        let mut line = String::new();
-        self.from.read_line(&mut line)?;
-        Ok(line.trim_end().to_string())
+        match self.from.recv_timeout(ANSWER_TIMEOUT) {
+            Ok(l) => Ok(l.trim_end().to_string()),
+            Err(RecvTimeoutError::Timeout) => Err(self.failed(&format!(
+                "an answer within {ANSWER_TIMEOUT:?} (hung; killed)"
+            ))),
+            Err(RecvTimeoutError::Disconnected) => Ok(String::new()),
+        }
     }
 
     fn ask(&mut self, cmd: &str) -> Result<Vec<u64>> {
@@ -598,7 +613,7 @@ impl HeapProc {
 
     fn finish(mut self) -> Result<()> {
         drop(self.to.take());
-        let status = self.child.wait()?;
+        let status = wait_timeout(&mut self.child, ANSWER_TIMEOUT)?;
         if !status.success() {
             return Err(self.failed(&format!("a clean exit, got {status}")));
         }
@@ -630,6 +645,33 @@ impl HeapProc {
             }
         )
         .into()
+    }
+}
+
+impl Drop for HeapProc {
+    /// A child left behind by an error is killed, not orphaned with gigabytes of heap.
+    fn drop(&mut self) {
+        drop(self.to.take());
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Waits for `child` to exit, killing it after `limit`.
+fn wait_timeout(child: &mut Child, limit: Duration) -> Result<std::process::ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(st) = child.try_wait()? {
+            return Ok(st);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            child.wait()?;
+            return Err(format!("a child did not exit within {limit:?}; killed").into());
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -1212,8 +1254,21 @@ fn run_example(s: &Settings, exe: &Path, policy: Option<&str>, interval_ms: u64)
     let mut child = cmd.spawn()?;
     let out = lines_of(child.stdout.take().ok_or("no stdout")?);
     let err = lines_of(child.stderr.take().ok_or("no stderr")?);
+    // A watchdog kills a hung run; the exit is awaited without reaping, so the pid it may kill
+    // stays this child's until the watchdog is told to stand down.
+    let (stop, stopped) = mpsc::channel::<()>();
+    let pid = child.id();
+    let dog = std::thread::spawn(move || {
+        if let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(RUN_TIMEOUT) {
+            sys::kill(pid);
+            return true;
+        }
+        false
+    });
     sys::wait_exit(&child)?;
     let secs = t0.elapsed().as_secs_f64();
+    let _ = stop.send(());
+    let killed = dog.join().unwrap_or(false);
     // Time the main (application) thread was runnable but waiting for a CPU: other work on a
     // shared machine. Read from the zombie before reaping it.
     let waited = fs::read_to_string(format!("/proc/{}/schedstat", child.id()))
@@ -1234,13 +1289,15 @@ fn run_example(s: &Settings, exe: &Path, policy: Option<&str>, interval_ms: u64)
         init: None,
         error: None,
     };
-    for l in out.iter() {
+    // A background writer may still hold stdout and stderr: read them until it lets go,
+    // within a bound.
+    let deadline = Instant::now() + COMMIT_TIMEOUT;
+    while let Ok(l) = out.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
         if let Some(d) = l.strip_prefix("digest ") {
             run.digest = Some(d.to_string());
         }
     }
     let mut other = Vec::new();
-    let deadline = Instant::now() + COMMIT_TIMEOUT;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let l = match err.recv_timeout(left) {
@@ -1270,7 +1327,9 @@ fn run_example(s: &Settings, exe: &Path, policy: Option<&str>, interval_ms: u64)
         }
     }
     let _ = fs::remove_dir_all(&dir);
-    if !status.success() {
+    if killed {
+        run.error = Some(format!("still running after {RUN_TIMEOUT:?}; killed"));
+    } else if !status.success() {
         run.error = Some(format!(
             "exited with {status}: {}",
             short(
@@ -1540,6 +1599,12 @@ mod sys {
     //! `F_GETFD`/`F_SETFD` take no pointers; a descriptor closed since it was listed fails with
     //! `EBADF` and is skipped. `wait4` writes only into the locals it is given.
     #![allow(unsafe_code)]
+
+    /// SIGKILL to `pid`.
+    pub fn kill(pid: u32) {
+        // SAFETY: no pointers; the caller guarantees `pid` is its own unreaped child.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    }
 
     /// Waits until `child` has exited without reaping it, so that its `/proc` entry (a zombie
     /// now) can still be read.
