@@ -121,6 +121,10 @@ struct Settings {
     interval_ms: Option<u64>,
     root: PathBuf,
     verbose: bool,
+    /// `CKPT_LOG` of the children: `info`, or `debug` with `CKPT_BENCH_LOG=debug`.
+    log: String,
+    /// (b): the trackers.
+    trackers: Vec<String>,
 }
 
 impl Settings {
@@ -174,6 +178,11 @@ impl Settings {
                 .transpose()?,
             root: std::path::absolute(root)?,
             verbose: var("CKPT_BENCH_VERBOSE").is_some(),
+            log: match var("CKPT_BENCH_LOG").as_deref() {
+                Some("debug") => "debug".into(),
+                _ => "info".into(),
+            },
+            trackers: list("CKPT_BENCH_TRACKERS", &TRACKERS),
         })
     }
 
@@ -482,7 +491,7 @@ impl HeapProc {
         clear_ckpt_env(&mut cmd);
         cmd.env(CHILD_ENV, "heap")
             .env("CKPT_BENCH_BYTES", bytes.to_string())
-            .env("CKPT_LOG", "info")
+            .env("CKPT_LOG", &s.log)
             .env("CKPT_RESTORE", "never")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -824,7 +833,8 @@ fn part_b(s: &Settings) -> Result<Vec<String>> {
         ],
     )?;
     let mut rows: Vec<(&str, std::result::Result<IncRow, String>)> = Vec::new();
-    for tracker in TRACKERS {
+    for tracker in &s.trackers {
+        let tracker = tracker.as_str();
         eprint!(" {tracker}");
         let r = measure_b(s, bytes, tracker, &mut seq).map_err(|e| e.to_string());
         let _ = fs::remove_dir_all(s.root.join(format!("b-{tracker}")));
@@ -835,7 +845,7 @@ fn part_b(s: &Settings) -> Result<Vec<String>> {
     eprintln!(" done");
 
     println!(
-        "{:<11} {:>8} {:>8} {:>9} | {:>7} {:>10} {:>10} {:>7} {:>7}",
+        "{:<11} {:>8} {:>8} {:>9} | {:>7} {:>10} {:>10} {:>7} {:>7} {:>7}",
         "tracker",
         "seq ms",
         "full ms",
@@ -844,7 +854,8 @@ fn part_b(s: &Settings) -> Result<Vec<String>> {
         "written MiB",
         "saved MiB",
         "incr ms",
-        "/full"
+        "/full",
+        "/seq"
     );
     let mut targets = Vec::new();
     for (tracker, r) in &rows {
@@ -870,6 +881,7 @@ fn part_b(s: &Settings) -> Result<Vec<String>> {
                     .collect::<Vec<_>>(),
             );
             let ratio = incm.zip(full).map(|(i, f)| i / f);
+            let ratio_seq = incm.zip(seqm).map(|(i, f)| i / f);
             let (a, b, c) = if i == 0 {
                 (
                     opt(seqm, 1),
@@ -880,7 +892,7 @@ fn part_b(s: &Settings) -> Result<Vec<String>> {
                 (String::new(), String::new(), String::new())
             };
             println!(
-                "{:<11} {:>8} {:>8} {:>9} | {:>6.0}% {:>10.1} {:>10} {:>7} {:>7}",
+                "{:<11} {:>8} {:>8} {:>9} | {:>6.0}% {:>10.1} {:>10} {:>7} {:>7} {:>7}",
                 if i == 0 { tracker } else { "" },
                 a,
                 b,
@@ -890,17 +902,23 @@ fn part_b(s: &Settings) -> Result<Vec<String>> {
                 opt(saved, 1),
                 opt(incm, 1),
                 opt(ratio, 3),
+                opt(ratio_seq, 3),
             );
             if *share == 50 {
-                targets.push(match ratio {
-                    Some(r) => format!(
-                        "target (b): {tracker}: incremental/full at 5 % <= {TARGET_INCREMENTAL:.2}: {} ({r:.3})",
-                        verdict(r <= TARGET_INCREMENTAL)
-                    ),
-                    None => format!(
-                        "target (b): {tracker}: incremental/full at 5 % <= {TARGET_INCREMENTAL:.2}: MISS (no incremental checkpoint committed)"
-                    ),
-                });
+                // Two readings of "a full checkpoint": the incremental policy's own (the chain's
+                // base, what compaction costs) and the sequential policy's (the cheapest full
+                // checkpoint of that heap the library takes). Both are printed.
+                for (r, what) in [(ratio, "its own full"), (ratio_seq, "a sequential full")] {
+                    targets.push(match r {
+                        Some(r) => format!(
+                            "target (b): {tracker}: incremental at 5 % / {what} <= {TARGET_INCREMENTAL:.2}: {} ({r:.3})",
+                            verdict(r <= TARGET_INCREMENTAL)
+                        ),
+                        None => format!(
+                            "target (b): {tracker}: incremental at 5 % / {what} <= {TARGET_INCREMENTAL:.2}: MISS (no incremental checkpoint committed)"
+                        ),
+                    });
+                }
             }
         }
         if let Some(i) = &row.init {
@@ -912,7 +930,8 @@ fn part_b(s: &Settings) -> Result<Vec<String>> {
     }
     println!(
         "(full ms, incr ms: the latency the library logged; seq: CKPT_POLICY=sequential; saved: page \
-         data the commit line reports; /full: incremental latency over the full one)"
+         data the commit line reports; /full: incremental latency over the full one in the same \
+         process; /seq: over the sequential policy's full checkpoint)"
     );
     Ok(targets)
 }
@@ -1247,7 +1266,7 @@ fn run_example(s: &Settings, exe: &Path, policy: Option<&str>, interval_ms: u64)
         cmd.env("CKPT_DIR", &dir)
             .env("CKPT_POLICY", p)
             .env("CKPT_INTERVAL", format!("{interval_ms}ms"))
-            .env("CKPT_LOG", "info")
+            .env("CKPT_LOG", &s.log)
             .env("CKPT_RESTORE", "never");
     }
     let t0 = Instant::now();
