@@ -166,7 +166,7 @@ impl Settings {
                 .map(|v| v.parse())
                 .transpose()?
                 .unwrap_or(if quick { 1 } else { 2 }),
-            example_runs: num("CKPT_BENCH_EXAMPLE_RUNS", if quick { 1 } else { 3 })?,
+            example_runs: num("CKPT_BENCH_EXAMPLE_RUNS", if quick { 1 } else { 2 })?,
             examples: list(
                 "CKPT_BENCH_EXAMPLES",
                 &EXAMPLES.iter().map(|(e, _)| *e).collect::<Vec<_>>(),
@@ -1216,6 +1216,8 @@ struct Run {
     digest: Option<String>,
     commits: Vec<Commit>,
     pauses: Vec<f64>,
+    /// Checkpoints handed to a writer process (`writing in the background` lines).
+    background: usize,
     failed: Vec<String>,
     skipped: usize,
     init: Option<String>,
@@ -1303,6 +1305,7 @@ fn run_example(s: &Settings, exe: &Path, policy: Option<&str>, interval_ms: u64)
         digest: None,
         commits: Vec::new(),
         pauses: Vec::new(),
+        background: 0,
         failed: Vec::new(),
         skipped: 0,
         init: None,
@@ -1317,6 +1320,7 @@ fn run_example(s: &Settings, exe: &Path, policy: Option<&str>, interval_ms: u64)
         }
     }
     let mut other = Vec::new();
+    let (mut commit_pauses, mut background_pauses) = (Vec::new(), Vec::new());
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let l = match err.recv_timeout(left) {
@@ -1331,20 +1335,27 @@ fn run_example(s: &Settings, exe: &Path, policy: Option<&str>, interval_ms: u64)
         }
         match parse_event(&l) {
             Event::Committed(c) => {
-                // Foreground policies log the pause only in the commit line (and before the
-                // policy work, the line had no pause at all: the whole checkpoint was one).
-                if !policy.is_some_and(|p| p.starts_with("forked") || p.starts_with("buffered")) {
-                    run.pauses.extend(c.paused_ms.or(c.ms));
-                }
+                // A checkpoint taken in the foreground logs its pause only in the commit line
+                // (and before the policy work the line had no pause: all of it was one).
+                commit_pauses.extend(c.paused_ms.or(c.ms));
                 run.commits.push(c);
             }
-            Event::Background { paused_ms } => run.pauses.extend(paused_ms),
+            Event::Background { paused_ms } => {
+                run.background += 1;
+                background_pauses.extend(paused_ms);
+            }
             Event::Failed(m) => run.failed.push(m),
             Event::Skipped(_) => run.skipped += 1,
             Event::Init(m) => run.init = Some(m),
             Event::Other(l) => other.push(l),
         }
     }
+    // A background checkpoint's commit line is the writer's; its pause is in the handover line.
+    run.pauses = if run.background > 0 {
+        background_pauses
+    } else {
+        commit_pauses
+    };
     let _ = fs::remove_dir_all(&dir);
     if killed {
         run.error = Some(format!("still running after {RUN_TIMEOUT:?}; killed"));
@@ -1503,12 +1514,20 @@ fn print_d(s: &Settings, configs: &[Option<String>], results: &[(String, u64, Ve
                     .filter(|c| c.kind.as_deref() == Some("incremental"))
                     .count() as f64
             });
-            let pause_sum = m(&|r| r.pauses.iter().sum::<f64>());
+            let pause_sum = m(&|r| r.pauses.iter().sum::<f64>()) + 0.0;
+            let count = m(&|r| r.commits.len() as f64);
+            let bg = m(&|r| r.background as f64);
             let mib = m(&|r| r.commits.iter().filter_map(|c| c.data_mib).sum::<f64>());
             let fails = m(&|r| r.failed.len() as f64);
             let skips = m(&|r| r.skipped as f64);
             dline += &format!(
-                " {full:.0}+{inc:.0}, {mib:.0} MiB, {pause_sum:.0} ms, cpu {:+.2} s, wall {:+.2} s{}{} |",
+                " {full:.0}+{inc:.0}{}, {mib:.0} MiB, {pause_sum:.0} ms, {:+.0} ms/ckpt, cpu {:+.2} s, wall {:+.2} s{}{} |",
+                if bg > 0.0 {
+                    format!(" ({bg:.0} in the background)")
+                } else {
+                    String::new()
+                },
+                over * 1e3 / count.max(1.0),
                 cpu - base_cpu,
                 wall - base_wall,
                 if fails > 0.0 {
@@ -1522,6 +1541,16 @@ fn print_d(s: &Settings, configs: &[Option<String>], results: &[(String, u64, Ve
                     String::new()
                 },
             );
+            if (c.starts_with("forked") || c.starts_with("buffered"))
+                && rs
+                    .iter()
+                    .all(|r| r.background == 0 && !r.commits.is_empty())
+            {
+                notes.push(format!(
+                    "{ex}, {c}: no `writing in the background` line: every checkpoint was taken in \
+                     the foreground"
+                ));
+            }
             if let Some(f) = rs.iter().find_map(|r| r.failed.first()) {
                 notes.push(format!("{ex}, {c}: {}", short(f)));
             }
@@ -1538,8 +1567,10 @@ fn print_d(s: &Settings, configs: &[Option<String>], results: &[(String, u64, Ve
     println!();
     println!(
         "What the checkpoints were (medians per run): checkpoints committed, full+incremental; page \
-         data written; sum of the pauses the library logged; extra CPU (user+system, best run) of \
-         the example and the writer processes it reaped; extra wall time (best run, uncorrected):"
+         data written; sum of the pauses the library logged; the overhead above per checkpoint \
+         (the timer is wall-clock, so a loaded machine takes more checkpoints per run); extra CPU \
+         (user+system, best run) of the example and the writer processes it reaped; extra wall \
+         time (best run, uncorrected):"
     );
     println!();
     let mut head = "| example | CPU, no checkpoint |".to_string();
