@@ -1462,6 +1462,9 @@ fn print_d(s: &Settings, configs: &[Option<String>], results: &[(String, u64, Ve
     println!("{rule}");
     let mut notes: Vec<String> = Vec::new();
     let mut detail: Vec<String> = Vec::new();
+    // Background policies whose checkpoints were all taken in the foreground: the examples.
+    let mut foreground: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut inits: BTreeMap<String, String> = BTreeMap::new();
     for (ex, interval, runs) in results {
         let base_runs = &runs[0];
         let base = best(base_runs.iter().map(Run::time)).unwrap_or(0.0);
@@ -1546,19 +1549,16 @@ fn print_d(s: &Settings, configs: &[Option<String>], results: &[(String, u64, Ve
                     .iter()
                     .all(|r| r.background == 0 && !r.commits.is_empty())
             {
-                notes.push(format!(
-                    "{ex}, {c}: no `writing in the background` line: every checkpoint was taken in \
-                     the foreground"
-                ));
+                foreground
+                    .entry(c.to_string())
+                    .or_default()
+                    .push(ex.clone());
             }
             if let Some(f) = rs.iter().find_map(|r| r.failed.first()) {
                 notes.push(format!("{ex}, {c}: {}", short(f)));
             }
-            let tag = format!("init {c}:");
-            if let Some(i) = rs.first().and_then(|r| r.init.as_ref())
-                && !notes.iter().any(|n| n.starts_with(&tag))
-            {
-                notes.push(format!("{tag} {i}"));
+            if let Some(i) = rs.first().and_then(|r| r.init.as_ref()) {
+                inits.entry(c.to_string()).or_insert_with(|| i.clone());
             }
         }
         println!("{line}");
@@ -1584,12 +1584,20 @@ fn print_d(s: &Settings, configs: &[Option<String>], results: &[(String, u64, Ve
     for d in detail {
         println!("{d}");
     }
+    for (c, exs) in foreground {
+        notes.push(format!(
+            "{c}: no `writing in the background` line in any run of {}: every checkpoint was taken \
+             in the foreground",
+            exs.join(", ")
+        ));
+    }
     notes.dedup();
-    if !notes.is_empty() {
-        println!();
-        for n in notes.iter().take(40) {
-            println!("- {n}");
-        }
+    println!();
+    for n in notes.iter().take(40) {
+        println!("- {n}");
+    }
+    for (c, i) in inits {
+        println!("- init, {c}: {i}");
     }
 }
 
