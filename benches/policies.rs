@@ -11,8 +11,8 @@
 //!   example checkpointed every N seconds under each policy over the same example run without
 //!   checkpoints.
 //!
-//! Run: `cargo bench --bench policies` (about 8 minutes), or `cargo bench --bench policies --
-//! --quick` (`CKPT_BENCH_QUICK=1`, about 2 minutes: 256 MiB heaps, one run per example). See
+//! Run: `cargo bench --bench policies` (6-10 minutes), or `cargo bench --bench policies --
+//! --quick` (`CKPT_BENCH_QUICK=1`, about 3 minutes: 256 MiB heaps, one run per example). See
 //! `docs/benchmarks.md` for the settings (`CKPT_BENCH_*`).
 //!
 //! The figures come from the library's own log (`CKPT_LOG=info`, contract in
