@@ -852,8 +852,11 @@ fn a_background_writer_killed_in_a_compaction_keeps_the_chain() {
 #[test]
 fn the_store_always_holds_a_committed_checkpoint_across_compactions() {
     // Polled as fast as the directory can be listed while chains are rebased every third
-    // checkpoint: once the first checkpoint is committed, the store never lacks one.
+    // checkpoint: once the first checkpoint is committed, the store never lacks one. The poll
+    // stops, and the program is killed, at 60 % of its uninterrupted run time: a program that
+    // finishes normally removes its checkpoints.
     let p = rust("water", &["1024", "80"]);
+    let (digest, base) = baseline(&p);
     for (i, policy) in ["incremental", "forked-incremental"]
         .into_iter()
         .enumerate()
@@ -865,7 +868,7 @@ fn the_store_always_holds_a_committed_checkpoint_across_compactions() {
         let env = run_env(store.path(), "20ms", setup, &[("CKPT_CHAIN_MAX", "2")]);
         let mut w = Watched::spawn(&p, &env);
         let (mut seen, mut polls, mut empty_after) = (0u64, 0u64, None);
-        while !w.ended() {
+        while w.start.elapsed() < base.mul_f64(0.6) && !w.ended() {
             let gens = images(store.path());
             polls += 1;
             if !gens.is_empty() {
@@ -874,23 +877,36 @@ fn the_store_always_holds_a_committed_checkpoint_across_compactions() {
                 empty_after = Some(seen);
             }
         }
-        let r = w.finish(LIMIT);
-        r.assert_ok(&format!("[{setup}]"));
+        let killed = w.kill();
+        let label = format!("[{setup}]");
         assert!(
             seen > 3,
-            "[{setup}]: too few checkpoints seen ({seen} in {polls} polls)\n{}",
-            r.stderr
+            "{label}: too few checkpoints seen ({seen} in {polls} polls)\n{}",
+            killed.stderr
         );
         assert!(
-            r.stderr.contains("committed (full, ") && r.stderr.contains("committed (incremental, "),
-            "[{setup}]: no chain was built\n{}",
-            r.stderr
+            killed.stderr.contains("committed (full, ")
+                && killed.stderr.contains("committed (incremental, "),
+            "{label}: no chain was built\n{}",
+            killed.stderr
         );
         assert_eq!(
             empty_after, None,
-            "[{setup}]: the store held no committed checkpoint after generation {empty_after:?} \
+            "{label}: the store held no committed checkpoint after generation {empty_after:?} \
              ({polls} polls)\n{}",
-            r.stderr
+            killed.stderr
+        );
+        let again = Watched::spawn(&p, &env).finish(LIMIT);
+        let all = format!("{}--- restart\n{}", killed.stderr, again.stderr);
+        again.assert_ok(&label);
+        assert!(
+            again.stderr.contains("restored generation"),
+            "{label}\n{all}"
+        );
+        assert_eq!(
+            again.digest().as_deref(),
+            Some(digest.as_str()),
+            "{label}: wrong digest after the restart\n{all}"
         );
     }
 }
