@@ -534,8 +534,50 @@ fn assert_session(label: &str, setup: Setup, s: &Session, digest: &str) {
     );
 }
 
-/// Kills and restarts `p` under each of `setups`, each in a fresh store; returns how many
-/// sessions were killed mid-checkpoint.
+/// What a series of kill-and-restart sessions found. Every session runs even when an earlier
+/// one failed, so that one run of the test shows the whole matrix.
+#[derive(Default)]
+struct Tally {
+    sessions: usize,
+    mid_checkpoint: usize,
+    /// The first line of each failed session's message (the whole message was printed when it
+    /// failed).
+    failures: Vec<String>,
+}
+
+impl Tally {
+    /// Panics, listing every failed session, unless all passed.
+    fn assert_all_passed(&self) {
+        assert!(
+            self.failures.is_empty(),
+            "{} of {} sessions failed:\n{}",
+            self.failures.len(),
+            self.sessions,
+            self.failures.join("\n")
+        );
+    }
+}
+
+/// Runs one case of a test, recording a failure in `tally` instead of ending the test.
+fn case(tally: &mut Tally, label: &str, f: impl FnOnce()) {
+    tally.sessions += 1;
+    if let Err(e) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        let text = panic_text(&*e);
+        let first = text.lines().next().unwrap_or_default();
+        tally.failures.push(format!("{label}: {first}"));
+    }
+}
+
+/// The message of a caught panic.
+fn panic_text(e: &(dyn std::any::Any + Send)) -> String {
+    e.downcast_ref::<String>()
+        .cloned()
+        .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "(panic without a message)".into())
+}
+
+/// Kills and restarts `p` under each of `setups`, each in a fresh store, recording the outcome
+/// of each session in `tally`.
 fn survives_under(
     p: &Program,
     label: &str,
@@ -543,26 +585,38 @@ fn survives_under(
     extra: &[(&str, &str)],
     kills: usize,
     rng: &mut Rng,
-) -> usize {
+    tally: &mut Tally,
+) {
     let (digest, base) = baseline(p);
-    let mut mid = 0;
     for &setup in setups {
         let store = TempDir::new(&format!("{label}-{setup}"));
         let t = Instant::now();
-        let s = kill_and_restart_under(p, setup, extra, store.path(), kills, true, base, rng);
-        assert_session(label, setup, &s, &digest);
-        mid += s.mid_checkpoint as usize;
-        eprintln!(
-            "{label} [{setup}]: ok in {:.1} s{}",
-            t.elapsed().as_secs_f64(),
-            if s.mid_checkpoint {
-                ", killed mid-checkpoint"
-            } else {
-                ""
+        tally.sessions += 1;
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let s = kill_and_restart_under(p, setup, extra, store.path(), kills, true, base, rng);
+            assert_session(label, setup, &s, &digest);
+            s.mid_checkpoint
+        }));
+        match outcome {
+            Ok(mid) => {
+                tally.mid_checkpoint += mid as usize;
+                eprintln!(
+                    "{label} [{setup}]: ok in {:.1} s{}",
+                    t.elapsed().as_secs_f64(),
+                    if mid { ", killed mid-checkpoint" } else { "" }
+                );
             }
-        );
+            Err(e) => {
+                let text = panic_text(&*e);
+                let first = text.lines().next().unwrap_or_default().to_string();
+                eprintln!(
+                    "{label} [{setup}]: FAILED in {:.1} s: {first}",
+                    t.elapsed().as_secs_f64()
+                );
+                tally.failures.push(first);
+            }
+        }
     }
-    mid
 }
 
 /// Rust examples at sizes that run about a second here (dev profile).
@@ -614,53 +668,98 @@ const SHORT_CHAINS: &[(&str, &str)] = &[("CKPT_CHAIN_MAX", "3")];
 fn every_policy_and_tracker_survives_kills_rust_water() {
     // water: pages go from never touched to written once (uffd's WP_UNPOPULATED case).
     let mut rng = Rng::new("matrix-water");
-    let mid = survives_under(
+    let mut tally = Tally::default();
+    survives_under(
         &rust("water", &["1024", "80"]),
         "water",
         &every_setup(),
         SHORT_CHAINS,
         3,
         &mut rng,
+        &mut tally,
     );
-    assert!(mid > 0, "no session was killed mid-checkpoint");
+    tally.assert_all_passed();
+    assert!(
+        tally.mid_checkpoint > 0,
+        "no session was killed mid-checkpoint"
+    );
 }
 
 #[test]
 fn every_policy_and_tracker_survives_kills_c_matmul() {
     let mut rng = Rng::new("matrix-c-matmul");
-    let mid = survives_under(
+    let mut tally = Tally::default();
+    survives_under(
         &c("matmul", &["896", "8"]),
         "matmul (C)",
         &every_setup(),
         SHORT_CHAINS,
         3,
         &mut rng,
+        &mut tally,
     );
-    assert!(mid > 0, "no session was killed mid-checkpoint");
+    tally.assert_all_passed();
+    assert!(
+        tally.mid_checkpoint > 0,
+        "no session was killed mid-checkpoint"
+    );
 }
 
 #[test]
 fn every_rust_example_survives_kills_under_every_policy() {
     let mut rng = Rng::new("rust-policies");
+    let mut tally = Tally::default();
     for (i, (name, args)) in RUST.iter().enumerate() {
-        survives_under(&rust(name, args), name, &every_policy(i), &[], 2, &mut rng);
+        let setups = every_policy(i);
+        survives_under(
+            &rust(name, args),
+            name,
+            &setups,
+            &[],
+            2,
+            &mut rng,
+            &mut tally,
+        );
     }
+    tally.assert_all_passed();
 }
 
 #[test]
 fn every_c_example_survives_kills_under_every_policy() {
     let mut rng = Rng::new("c-policies");
+    let mut tally = Tally::default();
     for (i, (name, args)) in C.iter().enumerate() {
         let label = format!("{name} (C)");
-        survives_under(&c(name, args), &label, &every_policy(i), &[], 2, &mut rng);
+        let setups = every_policy(i);
+        survives_under(
+            &c(name, args),
+            &label,
+            &setups,
+            &[],
+            2,
+            &mut rng,
+            &mut tally,
+        );
     }
+    tally.assert_all_passed();
 }
 
 #[test]
 fn fortran_example_survives_kills_under_every_policy() {
     let Some(p) = fortran() else { return };
     let mut rng = Rng::new("fortran-policies");
-    survives_under(&p, "matmul (Fortran)", &every_policy(0), &[], 2, &mut rng);
+    let mut tally = Tally::default();
+    let setups = every_policy(0);
+    survives_under(
+        &p,
+        "matmul (Fortran)",
+        &setups,
+        &[],
+        2,
+        &mut rng,
+        &mut tally,
+    );
+    tally.assert_all_passed();
 }
 
 #[test]
@@ -672,6 +771,7 @@ fn a_changing_memory_map_survives_every_incremental_policy_and_tracker() {
         .into_iter()
         .filter(|s| incremental(s.policy))
         .collect();
+    let mut tally = Tally::default();
     survives_under(
         &rust("mapchurn", &["32", "8000"]),
         "mapchurn",
@@ -679,7 +779,9 @@ fn a_changing_memory_map_survives_every_incremental_policy_and_tracker() {
         SHORT_CHAINS,
         3,
         &mut rng,
+        &mut tally,
     );
+    tally.assert_all_passed();
 }
 
 /// The environment of a run checkpointing into `store` under `setup`, plus `extra`.
@@ -733,55 +835,59 @@ fn a_kill_during_compaction_leaves_the_previous_chain_restorable() {
         &[("CKPT_CHAIN_MAX", "2")],
         &[("CKPT_CHAIN_MAX", "1000"), ("CKPT_CHAIN_SIZE", "1")],
     ];
+    let mut tally = Tally::default();
     for (i, chain) in chains.iter().enumerate() {
-        let Some(setup) = incremental_with("incremental", i) else {
-            return;
-        };
-        let store = TempDir::new("compaction-kill");
-        let fault = format!("compact-data:kill@{}", 1 + (rng.unit() * 3.0) as u64);
-        let mut extra = chain.to_vec();
-        extra.push(("CKPT_FAULT", &fault));
-        let label = format!("[{setup}] {chain:?} CKPT_FAULT={fault}");
-        let killed =
-            Watched::spawn(&p, &run_env(store.path(), INTERVAL, setup, &extra)).finish(LIMIT);
-        let log = &killed.stderr;
-        assert!(
-            !killed.status.success() && killed.status.code().is_none(),
-            "{label}: the program was not killed in a compaction: {:?}\n{log}",
-            killed.status
-        );
-        let gens = committed(log);
-        let last = *gens
-            .last()
-            .unwrap_or_else(|| panic!("{label}: nothing committed before the kill\n{log}"));
-        assert!(
-            commit_line(log, last).is_some_and(|l| l.contains("(incremental, ")),
-            "{label}: the kill did not follow a chain of incremental images\n{log}"
-        );
-        let held = images(store.path());
-        assert!(
-            held.contains(&last),
-            "{label}: generation {last} (the last committed) is not in the store: {held:?}\n{log}"
-        );
-        let again =
-            Watched::spawn(&p, &run_env(store.path(), INTERVAL, setup, chain)).finish(LIMIT);
-        let all = format!("{log}--- restart\n{}", again.stderr);
-        again.assert_ok(&label);
-        assert_eq!(
-            restored(&again.stderr),
-            Some(last),
-            "{label}: the restart did not restore the last committed generation\n{all}"
-        );
-        assert_eq!(
-            again.digest().as_deref(),
-            Some(digest.as_str()),
-            "{label}: wrong digest after the restart\n{all}"
-        );
-        assert!(
-            again.stderr.contains("committed (full, "),
-            "{label}: no full checkpoint after the restart\n{all}"
-        );
+        case(&mut tally, &format!("{chain:?}"), || {
+            let Some(setup) = incremental_with("incremental", i) else {
+                return;
+            };
+            let store = TempDir::new("compaction-kill");
+            let fault = format!("compact-data:kill@{}", 1 + (rng.unit() * 3.0) as u64);
+            let mut extra = chain.to_vec();
+            extra.push(("CKPT_FAULT", &fault));
+            let label = format!("[{setup}] {chain:?} CKPT_FAULT={fault}");
+            let killed =
+                Watched::spawn(&p, &run_env(store.path(), INTERVAL, setup, &extra)).finish(LIMIT);
+            let log = &killed.stderr;
+            assert!(
+                !killed.status.success() && killed.status.code().is_none(),
+                "{label}: the program was not killed in a compaction: {:?}\n{log}",
+                killed.status
+            );
+            let gens = committed(log);
+            let last = *gens
+                .last()
+                .unwrap_or_else(|| panic!("{label}: nothing committed before the kill\n{log}"));
+            assert!(
+                commit_line(log, last).is_some_and(|l| l.contains("(incremental, ")),
+                "{label}: the kill did not follow a chain of incremental images\n{log}"
+            );
+            let held = images(store.path());
+            assert!(
+                held.contains(&last),
+                "{label}: generation {last} (the last committed) is not in the store: {held:?}\n{log}"
+            );
+            let again =
+                Watched::spawn(&p, &run_env(store.path(), INTERVAL, setup, chain)).finish(LIMIT);
+            let all = format!("{log}--- restart\n{}", again.stderr);
+            again.assert_ok(&label);
+            assert_eq!(
+                restored(&again.stderr),
+                Some(last),
+                "{label}: the restart did not restore the last committed generation\n{all}"
+            );
+            assert_eq!(
+                again.digest().as_deref(),
+                Some(digest.as_str()),
+                "{label}: wrong digest after the restart\n{all}"
+            );
+            assert!(
+                again.stderr.contains("committed (full, "),
+                "{label}: no full checkpoint after the restart\n{all}"
+            );
+        });
     }
+    tally.assert_all_passed();
 }
 
 #[test]
@@ -790,63 +896,67 @@ fn a_background_writer_killed_in_a_compaction_keeps_the_chain() {
     // only it dies; the program goes on, and a kill and restart still restores.
     let p = rust("water", &["1024", "80"]);
     let (digest, base) = baseline(&p);
+    let mut tally = Tally::default();
     for (i, policy) in ["forked-incremental", "buffered-incremental"]
         .into_iter()
         .enumerate()
     {
-        let Some(setup) = incremental_with(policy, i) else {
-            return;
-        };
-        let store = TempDir::new("bg-compaction-kill");
-        let extra = [
-            ("CKPT_CHAIN_MAX", "2"),
-            ("CKPT_FAULT", "compact-data:kill@1"),
-        ];
-        let env = run_env(store.path(), INTERVAL, setup, &extra);
-        let done = Watched::spawn(&p, &env).finish(LIMIT);
-        let label = format!("[{setup}] {extra:?}");
-        done.assert_ok(&label);
-        assert_eq!(
-            done.digest().as_deref(),
-            Some(digest.as_str()),
-            "{label}: wrong digest\n{}",
-            done.stderr
-        );
-        assert!(
-            done.stderr
-                .contains("failed in the background, the previous checkpoint is intact"),
-            "{label}: the killed compaction was not reported\n{}",
-            done.stderr
-        );
-        // Killed after such a failure, the program restarts from the chain it kept.
-        let store = TempDir::new("bg-compaction-kill");
-        let env = run_env(store.path(), INTERVAL, setup, &extra);
-        let mut w = Watched::spawn(&p, &env);
-        let failed = w.wait_for(
-            |l| l.contains("failed in the background"),
-            base * 10 + LIMIT,
-        );
-        let killed = w.kill();
-        assert!(
-            failed.is_some(),
-            "{label}: no failure in the background\n{}",
-            killed.stderr
-        );
-        let last = committed(&killed.stderr).last().copied();
-        let again =
-            Watched::spawn(&p, &run_env(store.path(), INTERVAL, setup, &extra[..1])).finish(LIMIT);
-        let all = format!("{}--- restart\n{}", killed.stderr, again.stderr);
-        again.assert_ok(&label);
-        assert!(
-            last.is_some() && restored(&again.stderr) >= last,
-            "{label}: the restart did not restore the last committed generation {last:?}\n{all}"
-        );
-        assert_eq!(
-            again.digest().as_deref(),
-            Some(digest.as_str()),
-            "{label}: wrong digest after the restart\n{all}"
-        );
+        case(&mut tally, policy, || {
+            let Some(setup) = incremental_with(policy, i) else {
+                return;
+            };
+            let store = TempDir::new("bg-compaction-kill");
+            let extra = [
+                ("CKPT_CHAIN_MAX", "2"),
+                ("CKPT_FAULT", "compact-data:kill@1"),
+            ];
+            let env = run_env(store.path(), INTERVAL, setup, &extra);
+            let done = Watched::spawn(&p, &env).finish(LIMIT);
+            let label = format!("[{setup}] {extra:?}");
+            done.assert_ok(&label);
+            assert_eq!(
+                done.digest().as_deref(),
+                Some(digest.as_str()),
+                "{label}: wrong digest\n{}",
+                done.stderr
+            );
+            assert!(
+                done.stderr
+                    .contains("failed in the background, the previous checkpoint is intact"),
+                "{label}: the killed compaction was not reported\n{}",
+                done.stderr
+            );
+            // Killed after such a failure, the program restarts from the chain it kept.
+            let store = TempDir::new("bg-compaction-kill");
+            let env = run_env(store.path(), INTERVAL, setup, &extra);
+            let mut w = Watched::spawn(&p, &env);
+            let failed = w.wait_for(
+                |l| l.contains("failed in the background"),
+                base * 10 + LIMIT,
+            );
+            let killed = w.kill();
+            assert!(
+                failed.is_some(),
+                "{label}: no failure in the background\n{}",
+                killed.stderr
+            );
+            let last = committed(&killed.stderr).last().copied();
+            let again = Watched::spawn(&p, &run_env(store.path(), INTERVAL, setup, &extra[..1]))
+                .finish(LIMIT);
+            let all = format!("{}--- restart\n{}", killed.stderr, again.stderr);
+            again.assert_ok(&label);
+            assert!(
+                last.is_some() && restored(&again.stderr) >= last,
+                "{label}: the restart did not restore the last committed generation {last:?}\n{all}"
+            );
+            assert_eq!(
+                again.digest().as_deref(),
+                Some(digest.as_str()),
+                "{label}: wrong digest after the restart\n{all}"
+            );
+        });
     }
+    tally.assert_all_passed();
 }
 
 #[test]
@@ -857,58 +967,62 @@ fn the_store_always_holds_a_committed_checkpoint_across_compactions() {
     // finishes normally removes its checkpoints.
     let p = rust("water", &["1024", "80"]);
     let (digest, base) = baseline(&p);
+    let mut tally = Tally::default();
     for (i, policy) in ["incremental", "forked-incremental"]
         .into_iter()
         .enumerate()
     {
-        let Some(setup) = incremental_with(policy, i) else {
-            return;
-        };
-        let store = TempDir::new("always-committed");
-        let env = run_env(store.path(), "20ms", setup, &[("CKPT_CHAIN_MAX", "2")]);
-        let mut w = Watched::spawn(&p, &env);
-        let (mut seen, mut polls, mut empty_after) = (0u64, 0u64, None);
-        while w.start.elapsed() < base.mul_f64(0.6) && !w.ended() {
-            let gens = images(store.path());
-            polls += 1;
-            if !gens.is_empty() {
-                seen = seen.max(*gens.iter().max().unwrap());
-            } else if seen > 0 && empty_after.is_none() {
-                empty_after = Some(seen);
+        case(&mut tally, policy, || {
+            let Some(setup) = incremental_with(policy, i) else {
+                return;
+            };
+            let store = TempDir::new("always-committed");
+            let env = run_env(store.path(), "20ms", setup, &[("CKPT_CHAIN_MAX", "2")]);
+            let mut w = Watched::spawn(&p, &env);
+            let (mut seen, mut polls, mut empty_after) = (0u64, 0u64, None);
+            while w.start.elapsed() < base.mul_f64(0.6) && !w.ended() {
+                let gens = images(store.path());
+                polls += 1;
+                if !gens.is_empty() {
+                    seen = seen.max(*gens.iter().max().unwrap());
+                } else if seen > 0 && empty_after.is_none() {
+                    empty_after = Some(seen);
+                }
             }
-        }
-        let killed = w.kill();
-        let label = format!("[{setup}]");
-        assert!(
-            seen > 3,
-            "{label}: too few checkpoints seen ({seen} in {polls} polls)\n{}",
-            killed.stderr
-        );
-        assert!(
-            killed.stderr.contains("committed (full, ")
-                && killed.stderr.contains("committed (incremental, "),
-            "{label}: no chain was built\n{}",
-            killed.stderr
-        );
-        assert_eq!(
-            empty_after, None,
-            "{label}: the store held no committed checkpoint after generation {empty_after:?} \
+            let killed = w.kill();
+            let label = format!("[{setup}]");
+            assert!(
+                seen > 3,
+                "{label}: too few checkpoints seen ({seen} in {polls} polls)\n{}",
+                killed.stderr
+            );
+            assert!(
+                killed.stderr.contains("committed (full, ")
+                    && killed.stderr.contains("committed (incremental, "),
+                "{label}: no chain was built\n{}",
+                killed.stderr
+            );
+            assert_eq!(
+                empty_after, None,
+                "{label}: the store held no committed checkpoint after generation {empty_after:?} \
              ({polls} polls)\n{}",
-            killed.stderr
-        );
-        let again = Watched::spawn(&p, &env).finish(LIMIT);
-        let all = format!("{}--- restart\n{}", killed.stderr, again.stderr);
-        again.assert_ok(&label);
-        assert!(
-            again.stderr.contains("restored generation"),
-            "{label}\n{all}"
-        );
-        assert_eq!(
-            again.digest().as_deref(),
-            Some(digest.as_str()),
-            "{label}: wrong digest after the restart\n{all}"
-        );
+                killed.stderr
+            );
+            let again = Watched::spawn(&p, &env).finish(LIMIT);
+            let all = format!("{}--- restart\n{}", killed.stderr, again.stderr);
+            again.assert_ok(&label);
+            assert!(
+                again.stderr.contains("restored generation"),
+                "{label}\n{all}"
+            );
+            assert_eq!(
+                again.digest().as_deref(),
+                Some(digest.as_str()),
+                "{label}: wrong digest after the restart\n{all}"
+            );
+        });
     }
+    tally.assert_all_passed();
 }
 
 #[test]
@@ -916,67 +1030,74 @@ fn a_background_writer_killed_by_the_fault_point_leaves_the_program_running() {
     let p = rust("matmul", &["896", "8"]);
     let (digest, base) = baseline(&p);
     let mut rng = Rng::new("background-write-kill");
+    let mut tally = Tally::default();
     for (i, policy) in POLICIES
         .iter()
         .copied()
         .filter(|p| background(p))
         .enumerate()
     {
-        let setup = if incremental(policy) {
-            match incremental_with(policy, i) {
-                Some(s) => s,
-                None => continue,
-            }
-        } else {
-            Setup {
-                policy,
-                tracker: None,
-            }
-        };
-        let fault = format!("background-write:kill@{}", 1 + (rng.unit() * 3.0) as u64);
-        let extra = [("CKPT_FAULT", fault.as_str())];
-        let label = format!("[{setup}] CKPT_FAULT={fault}");
-        // Run to the end: the failure is logged, later checkpoints commit, the result is right.
-        let store = TempDir::new("background-write-kill");
-        let done =
-            Watched::spawn(&p, &run_env(store.path(), INTERVAL, setup, &extra)).finish(LIMIT);
-        done.assert_ok(&label);
-        assert_eq!(
-            done.digest().as_deref(),
-            Some(digest.as_str()),
-            "{label}: wrong digest\n{}",
-            done.stderr
-        );
-        assert_failure_then_commit(&label, &done.stderr);
-        // Killed after a later commit, it restarts from that one.
-        let store = TempDir::new("background-write-kill");
-        let env = run_env(store.path(), INTERVAL, setup, &extra);
-        let mut w = Watched::spawn(&p, &env);
-        let mut failed = false;
-        let later = w.wait_for(
-            |l| {
-                failed |= l.contains("failed in the background");
-                failed && generation(l, "committed").is_some()
-            },
-            base * 10 + LIMIT,
-        );
-        let killed = w.kill();
-        let later = later
-            .and_then(|l| generation(&l, "committed"))
-            .unwrap_or_else(|| panic!("{label}: no commit after the failure\n{}", killed.stderr));
-        let again = Watched::spawn(&p, &run_env(store.path(), INTERVAL, setup, &[])).finish(LIMIT);
-        let all = format!("{}--- restart\n{}", killed.stderr, again.stderr);
-        again.assert_ok(&label);
-        assert!(
-            restored(&again.stderr) >= Some(later),
-            "{label}: restored an older generation than {later}\n{all}"
-        );
-        assert_eq!(
-            again.digest().as_deref(),
-            Some(digest.as_str()),
-            "{label}: wrong digest after the restart\n{all}"
-        );
+        case(&mut tally, policy, || {
+            let setup = if incremental(policy) {
+                match incremental_with(policy, i) {
+                    Some(s) => s,
+                    None => return,
+                }
+            } else {
+                Setup {
+                    policy,
+                    tracker: None,
+                }
+            };
+            let fault = format!("background-write:kill@{}", 1 + (rng.unit() * 3.0) as u64);
+            let extra = [("CKPT_FAULT", fault.as_str())];
+            let label = format!("[{setup}] CKPT_FAULT={fault}");
+            // Run to the end: the failure is logged, later checkpoints commit, the result is right.
+            let store = TempDir::new("background-write-kill");
+            let done =
+                Watched::spawn(&p, &run_env(store.path(), INTERVAL, setup, &extra)).finish(LIMIT);
+            done.assert_ok(&label);
+            assert_eq!(
+                done.digest().as_deref(),
+                Some(digest.as_str()),
+                "{label}: wrong digest\n{}",
+                done.stderr
+            );
+            assert_failure_then_commit(&label, &done.stderr);
+            // Killed after a later commit, it restarts from that one.
+            let store = TempDir::new("background-write-kill");
+            let env = run_env(store.path(), INTERVAL, setup, &extra);
+            let mut w = Watched::spawn(&p, &env);
+            let mut failed = false;
+            let later = w.wait_for(
+                |l| {
+                    failed |= l.contains("failed in the background");
+                    failed && generation(l, "committed").is_some()
+                },
+                base * 10 + LIMIT,
+            );
+            let killed = w.kill();
+            let later = later
+                .and_then(|l| generation(&l, "committed"))
+                .unwrap_or_else(|| {
+                    panic!("{label}: no commit after the failure\n{}", killed.stderr)
+                });
+            let again =
+                Watched::spawn(&p, &run_env(store.path(), INTERVAL, setup, &[])).finish(LIMIT);
+            let all = format!("{}--- restart\n{}", killed.stderr, again.stderr);
+            again.assert_ok(&label);
+            assert!(
+                restored(&again.stderr) >= Some(later),
+                "{label}: restored an older generation than {later}\n{all}"
+            );
+            assert_eq!(
+                again.digest().as_deref(),
+                Some(digest.as_str()),
+                "{label}: wrong digest after the restart\n{all}"
+            );
+        });
     }
+    tally.assert_all_passed();
 }
 
 /// A background checkpoint failed (and said the previous one is intact), and a later one
@@ -1001,82 +1122,87 @@ fn a_background_writer_killed_from_outside_leaves_the_program_running() {
     // still being written then.
     let p = rust("matmul", &["1280", "4"]);
     let (digest, base) = baseline(&p);
+    let mut tally = Tally::default();
     for (i, policy) in POLICIES
         .iter()
         .copied()
         .filter(|p| background(p))
         .enumerate()
     {
-        let setup = if incremental(policy) {
-            match incremental_with(policy, i) {
-                Some(s) => s,
-                None => continue,
-            }
-        } else {
-            Setup {
-                policy,
-                tracker: None,
-            }
-        };
-        let label = format!("[{setup}] writer killed from outside");
-        let store = TempDir::new("writer-sigkill");
-        let env = run_env(store.path(), INTERVAL, setup, &[]);
-        let mut w = Watched::spawn(&p, &env);
-        let mut landed = None;
-        for _ in 0..10 {
-            let Some(line) = w.wait_for(|l| l.contains("writing in the background"), LIMIT) else {
-                break;
+        case(&mut tally, policy, || {
+            let setup = if incremental(policy) {
+                match incremental_with(policy, i) {
+                    Some(s) => s,
+                    None => return,
+                }
+            } else {
+                Setup {
+                    policy,
+                    tracker: None,
+                }
             };
-            let g = generation(&line, "writing in the background").expect("generation");
-            let pid = writer_pid(&line).expect("writer pid");
-            if !kill_descendant(w.pid(), pid) {
-                continue;
+            let label = format!("[{setup}] writer killed from outside");
+            let store = TempDir::new("writer-sigkill");
+            let env = run_env(store.path(), INTERVAL, setup, &[]);
+            let mut w = Watched::spawn(&p, &env);
+            let mut landed = None;
+            for _ in 0..10 {
+                let Some(line) = w.wait_for(|l| l.contains("writing in the background"), LIMIT)
+                else {
+                    break;
+                };
+                let g = generation(&line, "writing in the background").expect("generation");
+                let pid = writer_pid(&line).expect("writer pid");
+                if !kill_descendant(w.pid(), pid) {
+                    continue;
+                }
+                let outcome = w
+                    .wait_for(
+                        |l| {
+                            generation(l, "committed") == Some(g)
+                                || generation(l, "failed in the background") == Some(g)
+                        },
+                        LIMIT,
+                    )
+                    .unwrap_or_default();
+                if outcome.contains("failed in the background, the previous checkpoint is intact") {
+                    landed = Some(g);
+                    break;
+                }
             }
-            let outcome = w
-                .wait_for(
-                    |l| {
-                        generation(l, "committed") == Some(g)
-                            || generation(l, "failed in the background") == Some(g)
-                    },
-                    LIMIT,
-                )
-                .unwrap_or_default();
-            if outcome.contains("failed in the background, the previous checkpoint is intact") {
-                landed = Some(g);
-                break;
-            }
-        }
-        let Some(g) = landed else {
-            let r = w.kill();
-            panic!("{label}: no writer was killed mid-write\n{}", r.stderr);
-        };
-        // The program goes on and a later checkpoint commits.
-        let later = w.wait_for(
-            |l| generation(l, "committed").is_some_and(|n| n > g),
-            base * 10 + LIMIT,
-        );
-        let killed = w.kill();
-        let later = later
-            .and_then(|l| generation(&l, "committed"))
-            .unwrap_or_else(|| {
-                panic!(
-                    "{label}: nothing committed after generation {g} failed\n{}",
-                    killed.stderr
-                )
-            });
-        let again = Watched::spawn(&p, &env).finish(LIMIT);
-        let all = format!("{}--- restart\n{}", killed.stderr, again.stderr);
-        again.assert_ok(&label);
-        assert!(
-            restored(&again.stderr) >= Some(later),
-            "{label}: restored an older generation than {later}\n{all}"
-        );
-        assert_eq!(
-            again.digest().as_deref(),
-            Some(digest.as_str()),
-            "{label}: wrong digest after the restart\n{all}"
-        );
+            let Some(g) = landed else {
+                let r = w.kill();
+                panic!("{label}: no writer was killed mid-write\n{}", r.stderr);
+            };
+            // The program goes on and a later checkpoint commits.
+            let later = w.wait_for(
+                |l| generation(l, "committed").is_some_and(|n| n > g),
+                base * 10 + LIMIT,
+            );
+            let killed = w.kill();
+            let later = later
+                .and_then(|l| generation(&l, "committed"))
+                .unwrap_or_else(|| {
+                    panic!(
+                        "{label}: nothing committed after generation {g} failed\n{}",
+                        killed.stderr
+                    )
+                });
+            let again = Watched::spawn(&p, &env).finish(LIMIT);
+            let all = format!("{}--- restart\n{}", killed.stderr, again.stderr);
+            again.assert_ok(&label);
+            assert!(
+                restored(&again.stderr) >= Some(later),
+                "{label}: restored an older generation than {later}\n{all}"
+            );
+            assert_eq!(
+                again.digest().as_deref(),
+                Some(digest.as_str()),
+                "{label}: wrong digest after the restart\n{all}"
+            );
+        });
     }
+    tally.assert_all_passed();
 }
 
 #[test]
@@ -1084,58 +1210,62 @@ fn kernel_writes_into_tracked_memory_are_restored_under_every_tracker() {
     // probe kernel-read: checkpoint, read(2) into tracked buffers (pages written before, pages
     // never touched, a heap buffer), an incremental checkpoint, a crash; the restored process
     // must find the data the kernel wrote.
+    let mut tally = Tally::default();
     for &tracker in TRACKERS {
-        if !tracker_works(tracker) {
-            continue;
-        }
-        let setup = Setup {
-            policy: "incremental",
-            tracker: Some(tracker),
-        };
-        let dir = TempDir::new(&format!("kernel-read-{tracker}"));
-        let marker = dir.path().join("restored");
-        let store = dir.path().join("s");
-        let p = Program::new(
-            rust_example("probe"),
-            &["kernel-read", marker.to_str().unwrap()],
-        );
-        let mut env = vec![("CKPT_DIR", store.to_str().unwrap()), ("CKPT_LOG", "info")];
-        env.extend(setup.env());
-        let first = p.run(&env, LIMIT);
-        assert!(
-            first.stdout.contains("read(2) filled both buffers")
-                && first.stdout.contains("checkpointed"),
-            "[{setup}]: {:?}\nstdout:\n{}\nstderr:\n{}",
-            first.status,
-            first.stdout,
-            first.stderr
-        );
-        assert!(
-            first
-                .stderr
-                .contains("committed (incremental, incremental)"),
-            "[{setup}]: the second checkpoint was not incremental\n{}",
-            first.stderr
-        );
-        std::fs::write(&marker, b"").unwrap();
-        let second = p.run(&env, LIMIT);
-        second.assert_ok(&format!("[{setup}] restored kernel-read"));
-        assert!(
-            second.stderr.contains("restored generation"),
-            "[{setup}]: {}",
-            second.stderr
-        );
-        for what in ["mapped", "heap"] {
+        case(&mut tally, tracker, || {
+            if !tracker_works(tracker) {
+                return;
+            }
+            let setup = Setup {
+                policy: "incremental",
+                tracker: Some(tracker),
+            };
+            let dir = TempDir::new(&format!("kernel-read-{tracker}"));
+            let marker = dir.path().join("restored");
+            let store = dir.path().join("s");
+            let p = Program::new(
+                rust_example("probe"),
+                &["kernel-read", marker.to_str().unwrap()],
+            );
+            let mut env = vec![("CKPT_DIR", store.to_str().unwrap()), ("CKPT_LOG", "info")];
+            env.extend(setup.env());
+            let first = p.run(&env, LIMIT);
             assert!(
-                second
-                    .stdout
-                    .contains(&format!("{what} buffer holds the data read")),
-                "[{setup}]: {}\n{}",
-                second.stdout,
+                first.stdout.contains("read(2) filled both buffers")
+                    && first.stdout.contains("checkpointed"),
+                "[{setup}]: {:?}\nstdout:\n{}\nstderr:\n{}",
+                first.status,
+                first.stdout,
+                first.stderr
+            );
+            assert!(
+                first
+                    .stderr
+                    .contains("committed (incremental, incremental)"),
+                "[{setup}]: the second checkpoint was not incremental\n{}",
+                first.stderr
+            );
+            std::fs::write(&marker, b"").unwrap();
+            let second = p.run(&env, LIMIT);
+            second.assert_ok(&format!("[{setup}] restored kernel-read"));
+            assert!(
+                second.stderr.contains("restored generation"),
+                "[{setup}]: {}",
                 second.stderr
             );
-        }
+            for what in ["mapped", "heap"] {
+                assert!(
+                    second
+                        .stdout
+                        .contains(&format!("{what} buffer holds the data read")),
+                    "[{setup}]: {}\n{}",
+                    second.stdout,
+                    second.stderr
+                );
+            }
+        });
     }
+    tally.assert_all_passed();
 }
 
 #[test]
@@ -1143,59 +1273,63 @@ fn busy_skip_skips_checkpoints_due_while_one_is_written() {
     // A 40 MiB image every 10 ms: checkpoints fall due while the previous is being written.
     let p = rust("matmul", &["1280", "4"]);
     let (digest, _) = baseline(&p);
+    let mut tally = Tally::default();
     for (i, policy) in POLICIES
         .iter()
         .copied()
         .filter(|p| background(p))
         .enumerate()
     {
-        let setup = if incremental(policy) {
-            match incremental_with(policy, i) {
-                Some(s) => s,
-                None => continue,
-            }
-        } else {
-            Setup {
-                policy,
-                tracker: None,
-            }
-        };
-        let store = TempDir::new("busy-skip");
-        let env = run_env(store.path(), "10ms", setup, &[("CKPT_BUSY", "skip")]);
-        let r = Watched::spawn(&p, &env).finish(LIMIT);
-        r.assert_ok(&format!("[{setup}] CKPT_BUSY=skip"));
-        assert_eq!(
-            r.digest().as_deref(),
-            Some(digest.as_str()),
-            "[{setup}]: wrong digest\n{}",
-            r.stderr
-        );
-        let skips: Vec<&str> = r
-            .stderr
-            .lines()
-            .filter(|l| l.contains("checkpoint skipped: checkpoint "))
-            .collect();
-        assert!(
-            !skips.is_empty(),
-            "[{setup}]: no `checkpoint skipped` with a 10 ms interval\n{}",
-            r.stderr
-        );
-        for s in &skips {
-            let g = generation(s, "is still being written")
-                .unwrap_or_else(|| panic!("[{setup}]: cannot parse {s:?}"));
-            assert!(
-                r.stderr
-                    .contains(&format!("checkpoint {g} writing in the background")),
-                "[{setup}]: {s:?} names a checkpoint never handed to a writer\n{}",
+        case(&mut tally, policy, || {
+            let setup = if incremental(policy) {
+                match incremental_with(policy, i) {
+                    Some(s) => s,
+                    None => return,
+                }
+            } else {
+                Setup {
+                    policy,
+                    tracker: None,
+                }
+            };
+            let store = TempDir::new("busy-skip");
+            let env = run_env(store.path(), "10ms", setup, &[("CKPT_BUSY", "skip")]);
+            let r = Watched::spawn(&p, &env).finish(LIMIT);
+            r.assert_ok(&format!("[{setup}] CKPT_BUSY=skip"));
+            assert_eq!(
+                r.digest().as_deref(),
+                Some(digest.as_str()),
+                "[{setup}]: wrong digest\n{}",
                 r.stderr
             );
-        }
-        assert!(
-            r.stderr.contains("committed ("),
-            "[{setup}]: nothing committed\n{}",
-            r.stderr
-        );
+            let skips: Vec<&str> = r
+                .stderr
+                .lines()
+                .filter(|l| l.contains("checkpoint skipped: checkpoint "))
+                .collect();
+            assert!(
+                !skips.is_empty(),
+                "[{setup}]: no `checkpoint skipped` with a 10 ms interval\n{}",
+                r.stderr
+            );
+            for s in &skips {
+                let g = generation(s, "is still being written")
+                    .unwrap_or_else(|| panic!("[{setup}]: cannot parse {s:?}"));
+                assert!(
+                    r.stderr
+                        .contains(&format!("checkpoint {g} writing in the background")),
+                    "[{setup}]: {s:?} names a checkpoint never handed to a writer\n{}",
+                    r.stderr
+                );
+            }
+            assert!(
+                r.stderr.contains("committed ("),
+                "[{setup}]: nothing committed\n{}",
+                r.stderr
+            );
+        });
     }
+    tally.assert_all_passed();
 }
 
 #[test]
@@ -1248,27 +1382,31 @@ fn a_chain_restarts_under_every_policy() {
     let last = third
         .and_then(|l| generation(&l, "committed"))
         .unwrap_or_else(|| panic!("no three incremental checkpoints\n{}", killed.stderr));
+    let mut tally = Tally::default();
     for (i, setup) in every_policy(1).into_iter().enumerate() {
-        let copy = TempDir::new("chain-any-policy-copy");
-        for e in std::fs::read_dir(store.path()).unwrap() {
-            let e = e.unwrap();
-            if e.file_type().unwrap().is_file() {
-                std::fs::copy(e.path(), copy.path().join(e.file_name())).unwrap();
+        case(&mut tally, &format!("{setup}"), || {
+            let copy = TempDir::new("chain-any-policy-copy");
+            for e in std::fs::read_dir(store.path()).unwrap() {
+                let e = e.unwrap();
+                if e.file_type().unwrap().is_file() {
+                    std::fs::copy(e.path(), copy.path().join(e.file_name())).unwrap();
+                }
             }
-        }
-        let r = Watched::spawn(&p, &run_env(copy.path(), INTERVAL, setup, &[])).finish(LIMIT);
-        let label = format!("chain by [{writer}] restarted under [{setup}] ({i})");
-        r.assert_ok(&label);
-        assert!(
-            restored(&r.stderr) >= Some(last),
-            "{label}: did not restore generation {last}\n{}",
-            r.stderr
-        );
-        assert_eq!(
-            r.digest().as_deref(),
-            Some(digest.as_str()),
-            "{label}: wrong digest\n{}",
-            r.stderr
-        );
+            let r = Watched::spawn(&p, &run_env(copy.path(), INTERVAL, setup, &[])).finish(LIMIT);
+            let label = format!("chain by [{writer}] restarted under [{setup}] ({i})");
+            r.assert_ok(&label);
+            assert!(
+                restored(&r.stderr) >= Some(last),
+                "{label}: did not restore generation {last}\n{}",
+                r.stderr
+            );
+            assert_eq!(
+                r.digest().as_deref(),
+                Some(digest.as_str()),
+                "{label}: wrong digest\n{}",
+                r.stderr
+            );
+        });
     }
+    tally.assert_all_passed();
 }
