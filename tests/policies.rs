@@ -125,18 +125,19 @@ fn every_setup() -> Vec<Setup> {
     v
 }
 
-/// Every policy once; the incremental ones get a tracker chosen by `rotate` and their index, so
-/// that across examples both trackers run every incremental policy.
+/// Every policy once; the incremental ones get trackers in turn, starting at `rotate`, so that
+/// an example runs both trackers and, across examples, both trackers run every incremental
+/// policy.
 fn every_policy(rotate: usize) -> Vec<Setup> {
     let working: Vec<&'static str> = TRACKERS
         .iter()
         .copied()
         .filter(|t| tracker_works(t))
         .collect();
+    let mut turn = rotate;
     POLICIES
         .iter()
-        .enumerate()
-        .filter_map(|(i, &policy)| {
+        .filter_map(|&policy| {
             if !incremental(policy) {
                 return Some(Setup {
                     policy,
@@ -146,9 +147,10 @@ fn every_policy(rotate: usize) -> Vec<Setup> {
             if working.is_empty() {
                 return None;
             }
+            turn += 1;
             Some(Setup {
                 policy,
-                tracker: Some(working[(rotate + i) % working.len()]),
+                tracker: Some(working[(turn - 1) % working.len()]),
             })
         })
         .collect()
