@@ -11,6 +11,9 @@
 //! `probe panic` — a checkpoint, then a panic: the checkpoints must stay.
 //! `probe rseq MARKER` — glibc's rseq area is registered again after a restore.
 //! `probe protnone MARKER` — data in memory mapped PROT_NONE survives a restore.
+//! `probe kernel-read MARKER` — between two checkpoints `read(2)` fills tracked memory (pages
+//! written before, pages never touched, and a heap buffer): the kernel, not the program, writes
+//! them, and the restored process must see the data.
 //!
 //! The scenarios with a MARKER checkpoint, then kill themselves; run again after the marker
 //! file was created, they are the restored process and report what they find.
@@ -271,6 +274,84 @@ fn protnone(marker: &str) {
     println!("value in PROT_NONE page: {v}");
 }
 
+/// The byte at offset `i` of the file `kernel-read` reads: differs from page to page and from
+/// anything the buffers held before.
+fn kernel_read_byte(i: usize) -> u8 {
+    (i as u8).wrapping_mul(31) ^ ((i / 4096) as u8).wrapping_add(0x5a)
+}
+
+/// Reads the whole of `path` into `buf` with plain `read(2)` calls, as an unmodified program
+/// would; the errno of a failed call (EFAULT if the kernel could not write the buffer).
+fn read_into(path: &str, buf: &mut [u8]) -> Result<(), i32> {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(path).map_err(|e| e.raw_os_error().unwrap_or(0))?;
+    let mut done = 0;
+    while done < buf.len() {
+        // SAFETY: the destination is the unread tail of `buf`, valid for writes of its length.
+        let n = unsafe {
+            libc::read(
+                f.as_raw_fd(),
+                buf[done..].as_mut_ptr().cast(),
+                buf.len() - done,
+            )
+        };
+        match n {
+            n if n > 0 => done += n as usize,
+            0 => return Err(0),
+            // SAFETY: reading this thread's errno right after the failed call.
+            _ => return Err(unsafe { *libc::__errno_location() }),
+        }
+    }
+    Ok(())
+}
+
+fn kernel_read(marker: &str) {
+    const PAGES: usize = 16;
+    let len = PAGES * 4096;
+    let data = format!("{marker}.data");
+    // SAFETY: a fresh private anonymous mapping, owned by this function for the process's life.
+    let p = unsafe {
+        libc::mmap(
+            core::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    assert_ne!(p, libc::MAP_FAILED);
+    // SAFETY: the mapping is `len` bytes, read-write, and only reached through this slice.
+    let mapped = unsafe { core::slice::from_raw_parts_mut(p.cast::<u8>(), len) };
+    // The first half is written (populated) before the checkpoint, the second never touched.
+    mapped[..len / 2].fill(0x11);
+    let mut heap = vec![0x22u8; len];
+    ckpt::checkpoint_now().expect("first checkpoint");
+    if !std::path::Path::new(marker).exists() {
+        let bytes: Vec<u8> = (0..len).map(kernel_read_byte).collect();
+        std::fs::write(&data, bytes).expect("write the data file");
+        for (what, buf) in [("mapped", &mut mapped[..]), ("heap", &mut heap[..])] {
+            if let Err(errno) = read_into(&data, buf) {
+                println!("read(2) into the {what} buffer failed: errno {errno}");
+                exit(1);
+            }
+        }
+        println!("read(2) filled both buffers");
+    }
+    ckpt::checkpoint_now().expect("second checkpoint");
+    crash_unless_restored(marker);
+    for (what, buf) in [("mapped", &mapped[..]), ("heap", &heap[..])] {
+        let bad: Vec<usize> = (0..PAGES)
+            .filter(|&pg| (pg * 4096..(pg + 1) * 4096).any(|i| buf[i] != kernel_read_byte(i)))
+            .collect();
+        if bad.is_empty() {
+            println!("{what} buffer holds the data read");
+        } else {
+            println!("{what} buffer differs from the data read in pages {bad:?}");
+        }
+    }
+}
+
 fn spin(secs: f64) {
     let end = Instant::now() + Duration::from_secs_f64(secs);
     let mut v: Vec<u64> = (0..1 << 20).collect();
@@ -303,6 +384,7 @@ fn main() {
         "altstack" => altstack(arg(2)),
         "rseq" => rseq(arg(2)),
         "protnone" => protnone(arg(2)),
+        "kernel-read" => kernel_read(arg(2)),
         "panic" => {
             ckpt::checkpoint_now().expect("checkpoint");
             panic!("deliberate panic after a checkpoint");

@@ -104,6 +104,13 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// Sends SIGKILL to process `pid`; whether it was sent. The caller makes sure `pid` is a
+/// process it started (or one of their descendants), not a recycled number.
+pub fn sigkill(pid: u32) -> bool {
+    // SAFETY: kill has no memory preconditions.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) == 0 }
+}
+
 /// A fresh, empty directory under the target directory, removed on drop.
 #[derive(Debug)]
 pub struct TempDir(pub PathBuf);
