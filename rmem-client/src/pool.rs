@@ -461,7 +461,7 @@ impl Pool {
             targets,
             refs,
             failed: vec![None; n],
-            chunk: Vec::with_capacity(chunk_size),
+            chunk: chunk_buf(chunk_size),
             chunk_size,
             nchunks: 0,
             chunk_lens: Vec::new(),
@@ -1626,7 +1626,7 @@ impl GenWriter<'_> {
         let next = self
             .free_bufs
             .pop()
-            .unwrap_or_else(|| Vec::with_capacity(self.chunk_size + 16));
+            .unwrap_or_else(|| chunk_buf(self.chunk_size));
         let mut buf = std::mem::replace(&mut self.chunk, next);
         self.chunk_lens.push(buf.len() as u32);
         self.pool
@@ -1887,7 +1887,9 @@ impl GenWriter<'_> {
                 match r {
                     Ok(()) => {
                         self.dirty[t] = false;
-                        self.unacked[t].clear();
+                        for (_, _, _, b) in std::mem::take(&mut self.unacked[t]) {
+                            self.recycle(b);
+                        }
                     }
                     Err(e) => {
                         for (s, j, d) in self.fail_target(t, &e) {
@@ -2104,7 +2106,19 @@ impl Drop for GenWriter<'_> {
         if !self.done {
             self.abort();
         }
+        // The next generation's writer starts with these instead of freshly faulted memory.
+        for b in self.free_bufs.drain(..) {
+            crate::bufpool::give(b);
+        }
     }
+}
+
+/// An empty chunk buffer with room for a sealed chunk (the AEAD tag), reusing the thread's
+/// buffer pool: a fresh megabyte costs page faults and zeroing, and its release an munmap.
+fn chunk_buf(chunk_size: usize) -> Vec<u8> {
+    let mut b = crate::bufpool::take(chunk_size + 16);
+    b.clear();
+    b
 }
 
 /// The byte-stream mode: a generation written as one offset-addressed stream (an image file).
