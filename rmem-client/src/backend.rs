@@ -71,7 +71,7 @@ pub trait Backend: std::fmt::Debug + Send {
     /// `recv_get` with the CRC32C of the data (from the frame when the transport has one).
     fn recv_get_crc(&mut self) -> BResult<(Vec<u8>, u32)> {
         let d = self.recv_get()?;
-        let c = crc32c::crc32c(&d);
+        let c = crate::crc::crc32c(&d);
         Ok((d, c))
     }
 

@@ -408,7 +408,7 @@ impl Backend for Conn {
     }
 
     fn put(&mut self, generation: u64, key: u64, data: &[u8]) -> BResult<()> {
-        self.put_crc(generation, key, data, crc32c::crc32c(data))
+        self.put_crc(generation, key, data, crate::crc::crc32c(data))
     }
 
     fn put_crc(&mut self, generation: u64, key: u64, data: &[u8], crc: u32) -> BResult<()> {
@@ -420,7 +420,7 @@ impl Backend for Conn {
         if let Some(e) = &self.put_error {
             return Err(e.clone());
         }
-        let frame_crc = proto::crc32c_combine(crc32c::crc32c(&h), crc, data.len());
+        let frame_crc = proto::crc32c_combine(crate::crc::crc32c(&h), crc, data.len());
         self.send_crc(
             Op::Put,
             Kind::Put,

@@ -19,6 +19,7 @@ pub mod auth;
 pub mod backend;
 pub mod bufpool;
 pub mod conn;
+pub mod crc;
 pub mod crypto;
 pub mod disk;
 pub mod erasure;

@@ -178,7 +178,7 @@ impl Manifest {
         out.extend_from_slice(&(ct_len as u32).to_le_bytes());
         let ct = sealer.seal_manifest(&out[..HEADER], nonce, &body)?;
         out.extend_from_slice(&ct);
-        let crc = crc32c::crc32c(&out);
+        let crc = crate::crc::crc32c(&out);
         out.extend_from_slice(&crc.to_le_bytes());
         Ok(out)
     }
@@ -194,7 +194,7 @@ impl Manifest {
             return Err(ManifestError::Malformed("too short".into()));
         }
         let (data, crc) = blob.split_at(blob.len() - 4);
-        if crc32c::crc32c(data) != u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]) {
+        if crate::crc::crc32c(data) != u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]) {
             return Err(ManifestError::Checksum);
         }
         let mut c = Cursor::new(data, "manifest header");

@@ -461,7 +461,7 @@ impl Pool {
             targets,
             refs,
             failed: vec![None; n],
-            chunk: Vec::with_capacity(chunk_size),
+            chunk: chunk_buf(chunk_size),
             chunk_size,
             nchunks: 0,
             chunk_lens: Vec::new(),
@@ -771,7 +771,7 @@ impl Pool {
                     Some(d) => d.get(g, shard_key(s, j))?,
                     None => return Err(PoolError::Config("no local_dir".into())),
                 };
-                if data.len() != l.len as usize || crc32c::crc32c(&data) != l.crc {
+                if data.len() != l.len as usize || crate::crc::crc32c(&data) != l.crc {
                     return Err(PoolError::DataLoss {
                         generation: g,
                         detail: format!("chunk {i} on local disk failed its checksum"),
@@ -1143,7 +1143,7 @@ impl Pool {
             // A shard read as is was checked against the manifest's CRC on arrival; only a
             // reconstructed one needs checksumming.
             let crc = if rebuilt.contains(&(s, j)) {
-                crc32c::crc32c(&data)
+                crate::crc::crc32c(&data)
             } else {
                 man.stripes[s][j].crc
             };
@@ -1242,7 +1242,7 @@ impl Pool {
             };
             let r = pool.backend(h)?.get(man.generation, shard_key(s, j));
             match r {
-                Ok(b) if b.len() == l.len as usize && crc32c::crc32c(&b) == l.crc => Some(b),
+                Ok(b) if b.len() == l.len as usize && crate::crc::crc32c(&b) == l.crc => Some(b),
                 Ok(_) => {
                     why.push(format!(
                         "shard {j} from {} failed its checksum",
@@ -1445,7 +1445,7 @@ impl Pool {
                     out.stripes[s][j] = ShardLoc {
                         target: 0,
                         len: shard.len() as u32,
-                        crc: crc32c::crc32c(shard),
+                        crc: crate::crc::crc32c(shard),
                     };
                 } else {
                     out.stripes[s][j] = ShardLoc {
@@ -1597,7 +1597,7 @@ impl GenWriter<'_> {
                 // copying it, while it is in cache, instead of a second pass over the chunk.
                 for piece in data[..n].chunks(64 << 10) {
                     self.chunk.extend_from_slice(piece);
-                    self.chunk_crc = crc32c::crc32c_append(self.chunk_crc, piece);
+                    self.chunk_crc = crate::crc::crc32c_append(self.chunk_crc, piece);
                 }
             }
             addr += n as u64;
@@ -1626,7 +1626,7 @@ impl GenWriter<'_> {
         let next = self
             .free_bufs
             .pop()
-            .unwrap_or_else(|| Vec::with_capacity(self.chunk_size + 16));
+            .unwrap_or_else(|| chunk_buf(self.chunk_size));
         let mut buf = std::mem::replace(&mut self.chunk, next);
         self.chunk_lens.push(buf.len() as u32);
         self.pool
@@ -1792,7 +1792,7 @@ impl GenWriter<'_> {
         let mut crcs = std::mem::take(&mut self.pending_crcs);
         // Data shards not checksummed while they were filled (sealed chunks) are checksummed now.
         for (c, d) in crcs.iter_mut().zip(&data) {
-            c.get_or_insert_with(|| crc32c::crc32c(d));
+            c.get_or_insert_with(|| crate::crc::crc32c(d));
         }
         let mut crcs: Vec<u32> = crcs.into_iter().flatten().collect();
         // Mirror copies share the data shard's buffer and checksum: no copy, no second pass.
@@ -1813,7 +1813,7 @@ impl GenWriter<'_> {
                 let z = match self.zero_crc {
                     Some((l, z)) if l == len => z,
                     _ => {
-                        let z = crc32c::crc32c(&vec![0u8; len]);
+                        let z = crate::crc::crc32c(&vec![0u8; len]);
                         self.zero_crc = Some((len, z));
                         z
                     }
@@ -1821,7 +1821,7 @@ impl GenWriter<'_> {
                 let even = self.k.is_multiple_of(2);
                 crcs.iter().fold(if even { z } else { 0 }, |a, c| a ^ c)
             } else {
-                crc32c::crc32c(&p)
+                crate::crc::crc32c(&p)
             };
             shards.extend(data.into_iter().map(|d| Some(Arc::new(d))));
             shards.resize(self.k, None);
@@ -1839,7 +1839,7 @@ impl GenWriter<'_> {
             shards.extend(data.into_iter().map(|d| Some(Arc::new(d))));
             shards.resize(self.k, None);
             crcs.resize(self.k, 0);
-            crcs.extend(red.iter().map(|r| crc32c::crc32c(r)));
+            crcs.extend(red.iter().map(|r| crate::crc::crc32c(r)));
             shards.extend(red.into_iter().map(|r| Some(Arc::new(r))));
         }
         let locs = shards
@@ -1887,7 +1887,9 @@ impl GenWriter<'_> {
                 match r {
                     Ok(()) => {
                         self.dirty[t] = false;
-                        self.unacked[t].clear();
+                        for (_, _, _, b) in std::mem::take(&mut self.unacked[t]) {
+                            self.recycle(b);
+                        }
                     }
                     Err(e) => {
                         for (s, j, d) in self.fail_target(t, &e) {
@@ -2104,7 +2106,19 @@ impl Drop for GenWriter<'_> {
         if !self.done {
             self.abort();
         }
+        // The next generation's writer starts with these instead of freshly faulted memory.
+        for b in self.free_bufs.drain(..) {
+            crate::bufpool::give(b);
+        }
     }
+}
+
+/// An empty chunk buffer with room for a sealed chunk (the AEAD tag), reusing the thread's
+/// buffer pool: a fresh megabyte costs page faults and zeroing, and its release an munmap.
+fn chunk_buf(chunk_size: usize) -> Vec<u8> {
+    let mut b = crate::bufpool::take(chunk_size + 16);
+    b.clear();
+    b
 }
 
 /// The byte-stream mode: a generation written as one offset-addressed stream (an image file).

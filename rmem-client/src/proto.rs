@@ -163,7 +163,7 @@ impl FrameHeader {
         let len: usize = parts.iter().map(|p| p.len()).sum();
         let mut crc = 0u32;
         for p in parts {
-            crc = crc32c::crc32c_append(crc, p);
+            crc = crate::crc::crc32c_append(crc, p);
         }
         let mut h = FrameHeader {
             magic: MAGIC.into(),
@@ -175,7 +175,7 @@ impl FrameHeader {
             reserved: 0.into(),
             header_crc: 0.into(),
         };
-        h.header_crc = crc32c::crc32c(&h.as_bytes()[..HEADER_LEN - 4]).into();
+        h.header_crc = crate::crc::crc32c(&h.as_bytes()[..HEADER_LEN - 4]).into();
         h
     }
 
@@ -191,7 +191,7 @@ impl FrameHeader {
         let mut h = FrameHeader::new(op, req_id, &[]);
         h.len = (len as u32).into();
         h.payload_crc = crc.into();
-        h.header_crc = crc32c::crc32c(&h.as_bytes()[..HEADER_LEN - 4]).into();
+        h.header_crc = crate::crc::crc32c(&h.as_bytes()[..HEADER_LEN - 4]).into();
         h
     }
 
@@ -201,7 +201,7 @@ impl FrameHeader {
         if h.magic.get() != MAGIC {
             return Err(ProtoError::BadMagic(h.magic.get()));
         }
-        if crc32c::crc32c(&bytes[..HEADER_LEN - 4]) != h.header_crc.get() {
+        if crate::crc::crc32c(&bytes[..HEADER_LEN - 4]) != h.header_crc.get() {
             return Err(ProtoError::HeaderChecksum);
         }
         if h.version.get() != VERSION {
@@ -301,7 +301,7 @@ pub fn crc32c_combine(crc1: u32, crc2: u32, len2: usize) -> u32 {
 const POLY: u32 = 0x82F6_3B78;
 
 /// a * b modulo the CRC polynomial (reflected bit order: bit 31 is x^0).
-const fn mult_mod_p(a: u32, mut b: u32) -> u32 {
+pub(crate) const fn mult_mod_p(a: u32, mut b: u32) -> u32 {
     let mut m = 1u32 << 31;
     let mut p = 0u32;
     loop {
@@ -318,7 +318,7 @@ const fn mult_mod_p(a: u32, mut b: u32) -> u32 {
 }
 
 /// X2N[n] = x^(2^n) mod P, for every bit of a byte count times 8.
-const X2N: [u32; 67] = {
+pub(crate) const X2N: [u32; 67] = {
     let mut t = [0u32; 67];
     let mut p = 1u32 << 30; // x^1
     t[0] = p;
@@ -359,8 +359,8 @@ pub fn read_payload<R: Read>(
     }
     read_exact_payload(r, &mut buf[..len])?;
     let cut = split.min(len);
-    let tail = crc32c::crc32c(&buf[cut..len]);
-    let whole = crc32c_combine(crc32c::crc32c(&buf[..cut]), tail, len - cut);
+    let tail = crate::crc::crc32c(&buf[cut..len]);
+    let whole = crc32c_combine(crate::crc::crc32c(&buf[..cut]), tail, len - cut);
     if whole != h.payload_crc {
         return Err(ProtoError::PayloadChecksum {
             op: h.op as u16,
@@ -396,7 +396,7 @@ pub fn read_frame<R: Read>(r: &mut R) -> Result<Frame, ProtoError> {
             ProtoError::Io(e)
         }
     })?;
-    if crc32c::crc32c(&payload) != h.payload_crc.get() {
+    if crate::crc::crc32c(&payload) != h.payload_crc.get() {
         return Err(ProtoError::PayloadChecksum {
             op: h.op.get(),
             len,

@@ -856,7 +856,8 @@ fn put_direct(
         read_exact_vectored_crc(r, &mut slots, data_len, &mut crc)
     };
     let mut res = read();
-    if res.is_ok() && proto::crc32c_combine(crc32c::crc32c(&h16), crc, data_len) != head.payload_crc
+    if res.is_ok()
+        && proto::crc32c_combine(rmem_client::crc::crc32c(&h16), crc, data_len) != head.payload_crc
     {
         res = Err(ProtoError::PayloadChecksum {
             op: head.op as u16,
@@ -924,7 +925,7 @@ fn read_exact_vectored_crc<R: Read>(
         while at < done + n {
             let (i, o) = (at / slot, at % slot);
             let m = (slot - o).min(done + n - at);
-            *crc = crc32c::crc32c_append(*crc, &slots[i][o..o + m]);
+            *crc = rmem_client::crc::crc32c_append(*crc, &slots[i][o..o + m]);
             at += m;
         }
         done += n;

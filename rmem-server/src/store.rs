@@ -253,7 +253,7 @@ impl Store {
         generation: u64,
         manifest: &[u8],
     ) -> Result<(), StoreError> {
-        let obj = self.alloc(manifest, crc32c::crc32c(manifest))?;
+        let obj = self.alloc(manifest, rmem_client::crc::crc32c(manifest))?;
         let d = self
             .pools
             .entry(*pool)
