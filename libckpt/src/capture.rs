@@ -151,10 +151,8 @@ pub fn capture(
         (t.strings_len, t.n_identity, t.n_regions) = (strings, identity, 0);
         capture_regions(rt, &mut t, &mut process)?;
     }
-    if let Some(tr) = tracker.as_deref()
-        && tr.kind() == TrackerKind::Mprotect
-    {
-        record_tracked_as_writable(&mut t, n_tracked)?;
+    if let Some(tr) = tracker.as_deref() {
+        split_at_tracked(&mut t, n_tracked, tr.kind() == TrackerKind::Mprotect)?;
     }
 
     let mut tmp = store::name(generation, store::TMP);
@@ -485,15 +483,20 @@ fn capture_regions(rt: &Runtime, t: &mut Tables<'_>, p: &mut ProcessRec) -> Resu
             // Anonymous memory, the heap, the stack, including memory mapped PROT_NONE.
             flags |= CANDIDATE;
         }
+        // The kernel labels `[heap]` any mapping that reaches into the break area: one that
+        // merely ends where it starts, or one merged with it (userfaultfd registration merges
+        // the anonymous end of the data segment with the heap). The heap can be several
+        // mappings (a tracked part and what brk added); only what lies above the break's start
+        // is heap, so a mapping straddling it is recorded as two regions, below.
+        let mut heap_from = None;
         match m.path {
-            // The kernel also labels `[heap]` a mapping that merely ends where the break area
-            // starts; the heap can be several mappings (a tracked part and what brk added).
             b"[heap]" if p.brk_start == 0 || m.start as u64 >= p.brk_start => {
                 flags |= REGION_HEAP;
                 if p.brk_start == 0 {
                     p.brk_start = m.start as u64;
                 }
             }
+            b"[heap]" if p.brk_start < m.end as u64 => heap_from = Some(p.brk_start as usize),
             b"[stack]" => flags |= REGION_STACK,
             _ => {}
         }
@@ -531,6 +534,10 @@ fn capture_regions(rt: &Runtime, t: &mut Tables<'_>, p: &mut ProcessRec) -> Resu
             flags,
         };
         t.n_regions += 1;
+        if let Some(at) = heap_from {
+            split_region_at(t, at)?;
+            t.arena.regions[t.n_regions - 1].flags |= REGION_HEAP;
+        }
     }
     if p.brk_start == 0 {
         p.brk_start = p.brk;
@@ -867,9 +874,12 @@ fn settle_tracking(t: &mut Tables<'_>, tracker: &mut dyn DirtyTracker, n: usize)
                 }
                 at >= end
             } else {
+                // Registration survives the kernel merging the range with registered neighbours
+                // (one mapping then holds several ranges); a mapping made anew over any of it
+                // is unregistered, and its harvest failed.
                 regions
                     .iter()
-                    .any(|r| (r.start as usize, r.end as usize) == (start, end) && private_anon(r))
+                    .any(|r| r.start as usize <= start && end <= r.end as usize && private_anon(r))
             };
         if !still {
             t.arena.tracked[k].intact = false;
@@ -880,10 +890,11 @@ fn settle_tracking(t: &mut Tables<'_>, tracker: &mut dyn DirtyTracker, n: usize)
     changed
 }
 
-/// Under the mprotect tracker, the pages of intact ranges are read-only only because the
-/// tracker made them so: record them as the read-write memory they are, splitting regions that
-/// straddle a range's ends.
-fn record_tracked_as_writable(t: &mut Tables<'_>, n: usize) -> Result<(), RawError> {
+/// Splits regions that straddle an intact range's ends, so that every region lies wholly inside
+/// or outside each range (a mapping can hold several ranges, or a range and memory added since).
+/// Under the mprotect tracker, the pages of intact ranges are read-only only because the tracker
+/// made them so: they are recorded as the read-write memory they are.
+fn split_at_tracked(t: &mut Tables<'_>, n: usize, mprotect: bool) -> Result<(), RawError> {
     for k in 0..n {
         let Tracked {
             start, end, intact, ..
@@ -893,6 +904,9 @@ fn record_tracked_as_writable(t: &mut Tables<'_>, n: usize) -> Result<(), RawErr
         }
         split_region_at(t, start)?;
         split_region_at(t, end)?;
+        if !mprotect {
+            continue;
+        }
         for r in &mut t.arena.regions[..t.n_regions] {
             if r.start as usize >= start && r.end as usize <= end {
                 r.prot |= (libc::PROT_READ | libc::PROT_WRITE) as u32;

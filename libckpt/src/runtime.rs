@@ -426,7 +426,9 @@ extern "C" fn on_program_exit(status: i32, _arg: *mut c_void) {
     }
     // SAFETY: published by init; unpublished above, so no new checkpoint starts.
     let r = unsafe { &*rt };
-    let _ = syscall::sigprocmask(libc::SIG_BLOCK, Some(&!0u64), None);
+    // Not the faults: the exit handlers that run after this one (the dynamic linker's
+    // `_dl_fini`) still write into memory the mprotect tracker keeps read-only.
+    let _ = syscall::sigprocmask(libc::SIG_BLOCK, Some(&!FAULTS), None);
     if let Some(id) = r.timer {
         let _ = signals::timer_delete(id);
     }
@@ -717,7 +719,7 @@ pub fn last_error() -> Option<String> {
     }
     // The timer's handler writes the message: block it while copying.
     let mut old = 0u64;
-    let _ = syscall::sigprocmask(libc::SIG_BLOCK, Some(&!0u64), Some(&mut old));
+    let _ = syscall::sigprocmask(libc::SIG_BLOCK, Some(&!FAULTS), Some(&mut old));
     // SAFETY: published by init; with every signal blocked no capture runs on this thread.
     let msg = unsafe { (*rt).last_error };
     let _ = syscall::sigprocmask(libc::SIG_SETMASK, Some(&old), None);

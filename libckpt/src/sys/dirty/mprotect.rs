@@ -286,9 +286,24 @@ fn install() -> Result<(), DirtyError> {
     let mut act: libc::sigaction = unsafe { core::mem::zeroed() };
     act.sa_sigaction = on_segv as *const () as usize;
     // NODEFER: a chained handler may fault again; ONSTACK: a stack overflow still reaches a
-    // handler when the application set an alternate stack. The mask stays empty (a blocked
-    // synchronous SIGSEGV would kill the process).
+    // handler when the application set an alternate stack. Every asynchronous signal is
+    // blocked while the handler runs: a checkpoint signal taken inside it would capture the
+    // process halfway through a fault and run the whole checkpoint on the (small) alternate
+    // stack. The synchronous ones stay open (a blocked synchronous fault kills the process).
     act.sa_flags = libc::SA_SIGINFO | libc::SA_NODEFER | libc::SA_ONSTACK;
+    // SAFETY: `sa_mask` is a valid sigset_t to fill.
+    unsafe {
+        libc::sigfillset(&mut act.sa_mask);
+        for sync in [
+            libc::SIGSEGV,
+            libc::SIGBUS,
+            libc::SIGILL,
+            libc::SIGFPE,
+            libc::SIGTRAP,
+        ] {
+            libc::sigdelset(&mut act.sa_mask, sync);
+        }
+    }
     // SAFETY: `on_segv` is an extern "C" SA_SIGINFO handler doing only async-signal-safe work;
     // glibc supplies the rt_sigreturn restorer.
     if unsafe { libc::sigaction(libc::SIGSEGV, &act, core::ptr::null_mut()) } != 0 {
