@@ -58,6 +58,9 @@ pub const RUN_MAX: usize = 1 << 20;
 /// Bytes of the stack the capture runs on.
 pub const CAPTURE_STACK: usize = 512 << 10;
 
+/// Bytes of the stack a background writer process runs on.
+pub const WRITER_STACK: usize = 512 << 10;
+
 /// Typed scratch slices; see the module documentation.
 #[derive(Debug)]
 pub struct Arena {
@@ -65,6 +68,8 @@ pub struct Arena {
     pub range: (usize, usize),
     /// Top of the capture's own stack (16-byte aligned), above a guard page.
     pub stack_top: usize,
+    /// Top of the background writer's stack, above a guard page (see `capture::Writer`).
+    pub writer_stack_top: usize,
     /// `/proc/self/maps` text.
     pub maps: &'static mut [u8],
     /// The image's string table.
@@ -123,6 +128,8 @@ impl Arena {
     pub fn new() -> SysResult<Arena> {
         let size = PAGE
             + CAPTURE_STACK
+            + PAGE
+            + WRITER_STACK
             + cap::MAPS
             + cap::STRINGS
             + cap::DENTS
@@ -143,8 +150,11 @@ impl Arena {
         // SAFETY: the first page of the fresh mapping is ours and holds nothing.
         unsafe { crate::sys::syscall::mprotect(addr, PAGE, libc::PROT_NONE) }?;
         let stack_top = addr + PAGE + CAPTURE_STACK;
+        // SAFETY: the page above the capture stack is ours and holds nothing.
+        unsafe { crate::sys::syscall::mprotect(stack_top, PAGE, libc::PROT_NONE) }?;
+        let writer_stack_top = stack_top + PAGE + WRITER_STACK;
         let mut c = Carver {
-            next: stack_top,
+            next: writer_stack_top,
             end: addr + len,
         };
         // SAFETY: every type below is plain data valid when zeroed, and each slice is disjoint.
@@ -152,6 +162,7 @@ impl Arena {
             Ok(Arena {
                 range: (addr, addr + len),
                 stack_top,
+                writer_stack_top,
                 maps: c.take(cap::MAPS),
                 strings: c.take(cap::STRINGS),
                 dents: c.take(cap::DENTS),

@@ -11,6 +11,7 @@
 //! the image is committed, so each run's checksum matches the bytes written.
 #![allow(unsafe_code)]
 
+use core::ffi::c_void;
 use core::fmt::Write as _;
 
 use zerocopy::IntoBytes;
@@ -49,6 +50,10 @@ pub struct CaptureStats {
     pub parent: u64,
     /// Regions whose pages came from the dirty tracker (incremental images).
     pub harvested: u32,
+    /// A full image that replaces a chain (compaction).
+    pub rebase: bool,
+    /// Buffered, but larger than the buffer: finished in place.
+    pub spilled: bool,
 }
 
 /// How one capture saves pages.
@@ -72,7 +77,41 @@ struct Tables<'a> {
     n_signals: usize,
 }
 
-impl Tables<'_> {
+/// How far each table of the arena is filled: what a writer process needs to pick them up.
+#[derive(Debug, Clone, Copy, Default)]
+struct Counts {
+    strings_len: usize,
+    n_regions: usize,
+    n_runs: usize,
+    n_identity: usize,
+    n_files: usize,
+    n_signals: usize,
+}
+
+impl<'a> Tables<'a> {
+    fn with(arena: &'a mut Arena, c: Counts) -> Tables<'a> {
+        Tables {
+            arena,
+            strings_len: c.strings_len,
+            n_regions: c.n_regions,
+            n_runs: c.n_runs,
+            n_identity: c.n_identity,
+            n_files: c.n_files,
+            n_signals: c.n_signals,
+        }
+    }
+
+    fn counts(&self) -> Counts {
+        Counts {
+            strings_len: self.strings_len,
+            n_regions: self.n_regions,
+            n_runs: self.n_runs,
+            n_identity: self.n_identity,
+            n_files: self.n_files,
+            n_signals: self.n_signals,
+        }
+    }
+
     fn string(&mut self, s: &[u8]) -> Result<StrRef, RawError> {
         let len = s.len().min(MAX_STRING as usize);
         let end = self.strings_len + len;
@@ -106,16 +145,9 @@ pub fn capture(
     mask: u64,
     generation: u64,
     rseq_len: u32,
-) -> Result<CaptureStats, RawError> {
-    let mut t = Tables {
-        arena,
-        strings_len: 0,
-        n_regions: 0,
-        n_runs: 0,
-        n_identity: 0,
-        n_files: 0,
-        n_signals: 0,
-    };
+    writer: Writer,
+) -> Result<Captured, RawError> {
+    let mut t = Tables::with(arena, Counts::default());
     refuse_threads(&mut t)?;
     let mut process = ProcessRec {
         ctx: ContextRec::from(ctx),
@@ -155,66 +187,427 @@ pub fn capture(
         split_at_tracked(&mut t, n_tracked, tr.kind() == TrackerKind::Mprotect)?;
     }
 
+    if let Some(tr) = tracker {
+        plan_tracking(&mut t, tr, mode, n_tracked, &process);
+    }
+
     let mut tmp = store::name(generation, store::TMP);
-    let mut fin = store::name(generation, store::IMAGE);
+    let tmp_c = tmp.as_cstr().unwrap_or(b"\0");
+    // A stale file of this name is the leftover of a checkpoint killed mid-write.
+    let _ = syscall::unlinkat(rt.dir_fd, tmp_c);
+    let (fd, recycled) = open_image(rt, t.arena.dents, tmp_c, mode.parent == 0)?;
+    let pending = Pending {
+        counts: t.counts(),
+        process,
+        generation,
+        mode,
+        n_tracked,
+        fd,
+        recycled,
+    };
+    let arena = t.arena;
+    match writer {
+        Writer::InPlace => {
+            let mut out = Out::file(fd, rt.pagemap_fd, rt.mem_fd);
+            write_and_commit(rt, arena, &pending, &mut out).map(Captured::Committed)
+        }
+        Writer::Fork { report, started } => {
+            let out = Out::file(fd, rt.pagemap_fd, rt.mem_fd);
+            spawn_writer(rt, arena, pending, out, report, None, started)
+        }
+        Writer::Buffer {
+            report,
+            buf,
+            started,
+        } => {
+            // The copy into the buffer is the pause; the writer only writes the buffer out.
+            let mut out = Out::buffer(fd, rt.pagemap_fd, rt.mem_fd, buf);
+            let mut t = Tables::with(arena, pending.counts);
+            let written = write_image(rt, &mut t, &mut out, &pending);
+            let counts = t.counts();
+            let stats = match written {
+                Ok(s) => s,
+                Err(e) => return Err(abandon(rt, &pending, e)),
+            };
+            if out.spilled {
+                // Larger than the buffer: what it held went to the file and the rest followed
+                // in place; finish in place too.
+                let r = finish(&mut out, &stats)
+                    .and_then(|()| commit(rt, arena.dents, &pending, stats))
+                    .map_err(|e| abandon(rt, &pending, e));
+                return r.map(|s| Captured::Committed(CaptureStats { spilled: true, ..s }));
+            }
+            let pending = Pending { counts, ..pending };
+            spawn_writer(rt, arena, pending, out, report, Some(stats), started)
+        }
+    }
+}
+
+/// Who writes the image out.
+#[derive(Debug, Clone, Copy)]
+pub enum Writer {
+    /// The calling thread, before `capture` returns.
+    InPlace,
+    /// A child process (a copy-on-write snapshot of this one) writes and commits; it says how
+    /// it went in `report`.
+    Fork {
+        /// Shared memory the writer fills in.
+        report: *mut Report,
+        /// When the checkpoint began (monotonic ns): the pause ends when the writer starts.
+        started: u64,
+    },
+    /// The pages are copied into `buf` now; a helper process sharing this address space writes
+    /// the buffer out and commits.
+    Buffer {
+        /// Shared memory the writer fills in.
+        report: *mut Report,
+        /// The buffer, prepared at `init` and used by one checkpoint at a time.
+        buf: (usize, usize),
+        /// See `Fork`.
+        started: u64,
+    },
+}
+
+/// How a capture ended.
+#[derive(Debug, Clone, Copy)]
+pub enum Captured {
+    /// Committed before `capture` returned.
+    Committed(CaptureStats),
+    /// Handed to writer process `pid`, which reports in the `Report`.
+    Background {
+        /// The writer.
+        pid: i32,
+    },
+}
+
+/// What a background writer tells its parent, in memory shared with it. The parent reads it
+/// only after reaping the writer.
+#[derive(Debug)]
+#[repr(C)]
+pub struct Report {
+    /// The generation the writer was given.
+    pub generation: u64,
+    /// 1: committed (`stats` valid); 2: failed (`error` valid); 0: died before saying.
+    pub outcome: u32,
+    /// The committed image.
+    pub stats: CaptureStats,
+    /// Why it failed.
+    pub error: Option<RawError>,
+}
+
+/// Outcome codes of [`Report::outcome`].
+pub const REPORT_COMMITTED: u32 = 1;
+/// See [`REPORT_COMMITTED`].
+pub const REPORT_FAILED: u32 = 2;
+
+/// An image whose tables are complete and whose file is open: what a writer needs besides the
+/// arena.
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    counts: Counts,
+    process: ProcessRec,
+    generation: u64,
+    mode: Mode,
+    n_tracked: usize,
+    fd: i32,
+    recycled: bool,
+}
+
+/// Everything a writer process starts from, placed at the top of its stack.
+struct WriterArgs {
+    rt: *const Runtime,
+    arena: *mut Arena,
+    pending: Pending,
+    out: Out,
+    report: *mut Report,
+    /// The page data is already in `out`'s buffer: only write it out.
+    stats: Option<CaptureStats>,
+    parent: i32,
+    /// When the checkpoint began, and how long the program was paused for it (up to the
+    /// writer's start).
+    started: u64,
+    paused_ns: u64,
+}
+
+/// Starts the writer process of `pending`, on the arena's writer stack.
+fn spawn_writer(
+    rt: &Runtime,
+    arena: &mut Arena,
+    pending: Pending,
+    out: Out,
+    report: *mut Report,
+    stats: Option<CaptureStats>,
+    started: u64,
+) -> Result<Captured, RawError> {
+    // With the page data already copied into the buffer, the writer only writes it out and
+    // can share this address space; otherwise it must be a snapshot of it.
+    let shared_vm = stats.is_some();
+    // SAFETY: `report` is the runtime's shared page; no writer runs now (the runtime reaps the
+    // previous one before a capture).
+    unsafe {
+        core::ptr::write(
+            report,
+            Report {
+                generation: pending.generation,
+                outcome: 0,
+                stats: CaptureStats::default(),
+                error: None,
+            },
+        )
+    };
+    let top = arena.writer_stack_top;
+    let slot = (top - size_of::<WriterArgs>()) & !63;
+    let args = WriterArgs {
+        rt,
+        arena: arena as *mut Arena,
+        pending,
+        out,
+        report,
+        stats,
+        parent: syscall::getpid(),
+        started,
+        paused_ns: syscall::monotonic_ns().saturating_sub(started),
+    };
+    // SAFETY: the slot lies in the arena's writer stack, which nothing else uses while a writer
+    // may run (one at a time), and is aligned for WriterArgs.
+    unsafe { core::ptr::write(slot as *mut WriterArgs, args) };
+    // Exit signal 0: the program's own wait() and SIGCHLD handler never see the writer; the
+    // runtime reaps it with __WALL.
+    let flags = if shared_vm { libc::CLONE_VM } else { 0 };
+    // SAFETY: the stack below `slot` is the writer's own; `writer_main` uses only raw system
+    // calls, the arena and its arguments (see its documentation).
+    match unsafe { syscall::spawn(flags, slot & !15, writer_main, slot as *mut c_void) } {
+        Ok(pid) => {
+            // The writer has its own copy of the descriptor table; ours must not leak the image.
+            let _ = syscall::close(pending.fd);
+            Ok(Captured::Background { pid })
+        }
+        Err(e) => Err(abandon(
+            rt,
+            &pending,
+            RawError::sys("clone", b"a writer process", e),
+        )),
+    }
+}
+
+/// The writer process: writes (or writes out) the image, commits it, reports, exits.
+///
+/// Runs either in a copy of the process taken at the checkpoint (its memory is the image's) or,
+/// for the buffered policies, in the parent's address space, where it touches only the buffer,
+/// the arena (which the parent leaves alone until it has reaped the writer) and the report.
+/// It uses raw system calls only and no thread-local state.
+extern "C" fn writer_main(arg: *mut c_void) -> i32 {
+    // SAFETY: `arg` is the WriterArgs spawn_writer placed on this stack.
+    let a = unsafe { &mut *(arg as *mut WriterArgs) };
+    // Dies with the program: an orphan must neither commit a checkpoint the restarting program
+    // does not expect nor hold the store's lock.
+    let _ = syscall::set_parent_death_signal(libc::SIGKILL);
+    if syscall::getppid() != a.parent {
+        syscall::exit_group(3);
+    }
+    // SAFETY: the runtime outlives the writer (the parent reaps it first), or this is a copy.
+    let (rt, arena) = unsafe { (&*a.rt, &mut *a.arena) };
+    let pending = a.pending;
+    let result = (|| {
+        crate::fault::point("background-write")
+            .map_err(|e| RawError::sys("write", b"image (background)", e))?;
+        let stats = match a.stats {
+            Some(stats) => {
+                finish(&mut a.out, &stats)?;
+                stats
+            }
+            None => {
+                // A copy of the process: read its own memory, not the parent's.
+                if a.out.pagemap_fd >= 0 {
+                    a.out.pagemap_fd = crate::runtime::open_pagemap();
+                }
+                if a.out.mem_fd >= 0 {
+                    a.out.mem_fd = crate::runtime::open_mem();
+                }
+                let mut t = Tables::with(arena, pending.counts);
+                let stats = write_image(rt, &mut t, &mut a.out, &pending)?;
+                finish(&mut a.out, &stats)?;
+                stats
+            }
+        };
+        commit(rt, arena.dents, &pending, stats)
+    })();
+    // SAFETY: the report page is shared with the parent, which reads it after reaping us.
+    let report = unsafe { &mut *a.report };
+    match result {
+        Ok(stats) => {
+            report.stats = stats;
+            report.outcome = REPORT_COMMITTED;
+            let ms = (syscall::monotonic_ns() - a.started) as f64 / 1e6;
+            crate::runtime::log_committed(rt, &stats, ms, a.paused_ns as f64 / 1e6);
+            syscall::exit_group(0)
+        }
+        Err(e) => {
+            let _ = abandon(rt, &pending, e);
+            report.error = Some(e);
+            report.outcome = REPORT_FAILED;
+            syscall::exit_group(1)
+        }
+    }
+}
+
+/// Writes the page data, manifest and header of `pending` through `out`, then finishes and
+/// commits it.
+fn write_and_commit(
+    rt: &Runtime,
+    arena: &mut Arena,
+    pending: &Pending,
+    out: &mut Out,
+) -> Result<CaptureStats, RawError> {
+    let mut t = Tables::with(arena, pending.counts);
+    let r = write_image(rt, &mut t, out, pending)
+        .and_then(|stats| finish(out, &stats).map(|()| stats))
+        .and_then(|stats| commit(rt, t.arena.dents, pending, stats));
+    r.map_err(|e| abandon(rt, pending, e))
+}
+
+/// Cleans up after a failed write: closes the file (if still open) and removes the temporary.
+fn abandon(rt: &Runtime, pending: &Pending, e: RawError) -> RawError {
+    let _ = syscall::close(pending.fd);
+    let mut tmp = store::name(pending.generation, store::TMP);
+    let _ = syscall::unlinkat(rt.dir_fd, tmp.as_cstr().unwrap_or(b"\0"));
+    e
+}
+
+/// Makes the image durable in its temporary file: writes out a buffered image, trims a
+/// recycled file to the image's length, fsyncs.
+fn finish(out: &mut Out, stats: &CaptureStats) -> Result<(), RawError> {
+    if let Some((addr, _)) = out.buf {
+        // SAFETY: the buffer holds the image's first `stats.file_bytes` bytes, written by
+        // `write_image`, and nothing changes it until the writer is reaped.
+        let bytes =
+            unsafe { core::slice::from_raw_parts(addr as *const u8, stats.file_bytes as usize) };
+        let mut at = 0;
+        while at < bytes.len() {
+            let n = (bytes.len() - at).min(WRITEBACK_BATCH as usize);
+            crate::fault::point("write-data")
+                .map_err(|e| RawError::sys("write", b"page data", e))?;
+            if stats.rebase {
+                crate::fault::point("compact-data")
+                    .map_err(|e| RawError::sys("write", b"page data", e))?;
+            }
+            syscall::pwrite_all(out.fd, &bytes[at..at + n], at as u64)
+                .map_err(|e| RawError::sys("write", b"image", e))?;
+            let _ = syscall::start_writeback(out.fd, at as u64, n as u64);
+            at += n;
+        }
+    }
+    // A recycled file may be longer than this image.
+    syscall::ftruncate(out.fd, stats.file_bytes)
+        .map_err(|e| RawError::sys("truncate", b"image", e))?;
+    syscall::fsync(out.fd).map_err(|e| RawError::sys("fsync", b"image", e))
+}
+
+/// Commits the finished image: closes it, renames it to its generation's name (atomic) and
+/// makes the rename durable, then prunes the store.
+fn commit(
+    rt: &Runtime,
+    dents: &mut [u8],
+    pending: &Pending,
+    stats: CaptureStats,
+) -> Result<CaptureStats, RawError> {
+    let mut tmp = store::name(pending.generation, store::TMP);
+    let mut fin = store::name(pending.generation, store::IMAGE);
     let (tmp_c, fin_c) = (
         tmp.as_cstr().unwrap_or(b"\0"),
         fin.as_cstr().unwrap_or(b"\0"),
     );
-    // A stale file of this name is the leftover of a checkpoint killed mid-write.
-    let _ = syscall::unlinkat(rt.dir_fd, tmp_c);
-    let (fd, recycled) = open_image(rt, t.arena.dents, tmp_c)?;
-    let result = write_image(
-        rt,
-        &mut t,
-        Saver {
-            tracker,
-            mode,
-            n_tracked,
-        },
-        fd,
-        &mut process,
-        ctx,
-        generation,
-    );
-    let closed = syscall::close(fd);
-    let result = result.and_then(|s| {
-        closed
-            .map(|_| s)
-            .map_err(|e| RawError::sys("close", tmp_c, e))
-    });
-    let stats = match result {
-        Ok(s) => CaptureStats { recycled, ..s },
-        Err(e) => {
-            let _ = syscall::unlinkat(rt.dir_fd, tmp_c);
-            return Err(e);
-        }
-    };
-    crate::fault::point("before-commit").map_err(|e| {
-        let _ = syscall::unlinkat(rt.dir_fd, tmp_c);
-        RawError::sys("commit", fin_c, e)
-    })?;
-    // Commit: the rename is atomic, and the directory fsync makes it durable. Until here the
-    // previous generation is the one a restore would use.
-    syscall::renameat(rt.dir_fd, tmp_c, fin_c).map_err(|e| {
-        let _ = syscall::unlinkat(rt.dir_fd, tmp_c);
-        RawError::sys("rename", fin_c, e)
-    })?;
+    syscall::close(pending.fd).map_err(|e| RawError::sys("close", tmp_c, e))?;
+    crate::fault::point("before-commit").map_err(|e| RawError::sys("commit", fin_c, e))?;
+    // Until the rename the previous generation is the one a restore would use.
+    syscall::renameat(rt.dir_fd, tmp_c, fin_c).map_err(|e| RawError::sys("rename", fin_c, e))?;
     syscall::fsync(rt.dir_fd).map_err(|e| RawError::sys("fsync directory of", fin_c, e))?;
-    store::prune(rt.dir_fd, t.arena.dents, generation, rt.cfg.keep);
-    Ok(stats)
+    store::prune(rt.dir_fd, dents, pending.generation, rt.cfg.keep);
+    Ok(CaptureStats {
+        recycled: pending.recycled,
+        ..stats
+    })
+}
+
+/// Where an image's bytes go, and how the memory they come from is read.
+#[derive(Debug, Clone, Copy)]
+struct Out {
+    fd: i32,
+    /// Buffered: bytes are copied here at their file offsets, to be written out later.
+    buf: Option<(usize, usize)>,
+    /// The buffer overflowed: what it held went to the file, and the rest follows in place.
+    spilled: bool,
+    pagemap_fd: i32,
+    mem_fd: i32,
+}
+
+impl Out {
+    fn file(fd: i32, pagemap_fd: i32, mem_fd: i32) -> Out {
+        Out {
+            fd,
+            buf: None,
+            spilled: false,
+            pagemap_fd,
+            mem_fd,
+        }
+    }
+
+    fn buffer(fd: i32, pagemap_fd: i32, mem_fd: i32, buf: (usize, usize)) -> Out {
+        Out {
+            buf: Some(buf),
+            ..Out::file(fd, pagemap_fd, mem_fd)
+        }
+    }
+
+    /// Puts `bytes` at image offset `off`; `high` is the end of everything put so far.
+    fn put(&mut self, bytes: &[u8], off: u64, high: u64) -> Result<(), Errno> {
+        if let Some((addr, len)) = self.buf {
+            let end = off as usize + bytes.len();
+            if end <= len {
+                // SAFETY: inside the buffer, which only this capture uses.
+                unsafe {
+                    core::ptr::copy_nonoverlapping(
+                        bytes.as_ptr(),
+                        (addr + off as usize) as *mut u8,
+                        bytes.len(),
+                    )
+                };
+                return Ok(());
+            }
+            // SAFETY: the buffer holds every byte put so far, below `high`.
+            let held =
+                unsafe { core::slice::from_raw_parts(addr as *const u8, (high as usize).min(len)) };
+            syscall::pwrite_all(self.fd, held, 0)?;
+            self.buf = None;
+            self.spilled = true;
+        }
+        syscall::pwrite_all(self.fd, bytes, off)
+    }
 }
 
 /// Opens the file the new image is written to. When the store already holds `keep` committed
 /// images (and `keep` ≥ 2, so another stays committed throughout), the oldest is renamed to the
 /// temporary name and overwritten in place: the paper's "at most two files", no delete on the
-/// critical path, and blocks the disk has already allocated.
-fn open_image(rt: &Runtime, dents: &mut [u8], tmp_c: &[u8]) -> Result<(i32, bool), RawError> {
+/// critical path, and blocks the disk has already allocated. Only a full image recycles: an
+/// incremental one is usually far smaller, and cutting a large old file down to it would free
+/// its blocks inside the pause. The oldest file may be reused only if no other image builds
+/// on it.
+fn open_image(
+    rt: &Runtime,
+    dents: &mut [u8],
+    tmp_c: &[u8],
+    full: bool,
+) -> Result<(i32, bool), RawError> {
     let mut gens = [0u64; 64];
     let n = store::committed(rt.dir_fd, dents, &mut gens);
     let keep = rt.cfg.keep as usize;
-    // The oldest file may be reused only if the newest image does not build on it.
-    if keep >= 2 && n >= keep && !store::in_chain(rt.dir_fd, gens[n - 1], gens[0]) {
+    if full
+        && keep >= 2
+        && n >= keep
+        && !gens[1..n]
+            .iter()
+            .any(|&g| store::in_chain(rt.dir_fd, g, gens[0]))
+    {
         let mut oldest = store::name(gens[0], store::IMAGE);
         if let Some(old_c) = oldest.as_cstr()
             && syscall::renameat(rt.dir_fd, old_c, tmp_c).is_ok()
@@ -438,7 +831,6 @@ fn capture_regions(rt: &Runtime, t: &mut Tables<'_>, p: &mut ProcessRec) -> Resu
     // The maps text lives in the arena, which the tables also borrow: walk it by raw slice.
     // SAFETY: `maps` is not written again until this function returns.
     let text: &[u8] = unsafe { core::slice::from_raw_parts(t.arena.maps.as_ptr(), len) };
-    let (arena_start, arena_end) = t.arena.range;
     let mut last_ino = (0u64, 0u64);
     for entry in maps::parse(text) {
         let m = entry.map_err(|_| raw_err!(Io, "unparsable line in /proc/self/maps"))?;
@@ -472,8 +864,6 @@ fn capture_regions(rt: &Runtime, t: &mut Tables<'_>, p: &mut ProcessRec) -> Resu
             } else {
                 flags |= REGION_SHARED | REGION_FILE;
             }
-        } else if m.start >= arena_start && m.end <= arena_end {
-            // Our scratch arena (and its guard page): restored as zeros.
         } else if m.is_file() && !m.is_deleted() {
             flags |= REGION_FILE | CANDIDATE;
         } else if m.is_deleted() {
@@ -538,6 +928,22 @@ fn capture_regions(rt: &Runtime, t: &mut Tables<'_>, p: &mut ProcessRec) -> Resu
             split_region_at(t, at)?;
             t.arena.regions[t.n_regions - 1].flags |= REGION_HEAP;
         }
+        // Our own mappings (the arena, the writers' report page and buffer) are recorded
+        // without contents, and recreated empty by a restore (shared again if shared). The
+        // kernel may have merged one with a neighbour of the same kind: split it out.
+        let first = t.n_regions - 1;
+        for (s, e) in [t.arena.range, rt.own_maps[0], rt.own_maps[1]] {
+            if s >= e || e <= m.start || m.end <= s {
+                continue;
+            }
+            split_region_at(t, s)?;
+            split_region_at(t, e)?;
+            for r in &mut t.arena.regions[first..t.n_regions] {
+                if r.start >= s as u64 && r.end <= e as u64 {
+                    r.flags &= REGION_SHARED;
+                }
+            }
+        }
     }
     if p.brk_start == 0 {
         p.brk_start = p.brk;
@@ -546,36 +952,74 @@ fn capture_regions(rt: &Runtime, t: &mut Tables<'_>, p: &mut ProcessRec) -> Resu
     Ok(())
 }
 
-/// Writes header, data and manifest to `fd`; returns the stats once everything is on disk.
+/// Decides, region by region, where an incremental image's pages come from: a region inside a
+/// range the tracker watched intact since the parent is saved from its harvested dirty runs
+/// (flagged [`FROM_DIRTY`]); any other trackable region is saved whole and watched from now on
+/// (tracked here, before a writer process is started, because the tracker is the program's).
+fn plan_tracking(
+    t: &mut Tables<'_>,
+    tracker: &mut dyn DirtyTracker,
+    mode: Mode,
+    n_tracked: usize,
+    p: &ProcessRec,
+) {
+    let is_internal = |tr: &dyn DirtyTracker, start: usize, end: usize| {
+        let mut hit = false;
+        tr.internal_ranges(&mut |s, e| hit |= s < end && start < e);
+        hit
+    };
+    for i in 0..t.n_regions {
+        let r = t.arena.regions[i];
+        let (start, end) = (r.start as usize, r.end as usize);
+        // Private anonymous memory is tracked: any of it under uffd-async (registering only
+        // some would keep mappings from merging as they do untracked, and a later mremap of
+        // what the program sees as one mapping would fail), read-write memory under mprotect.
+        let rw = (libc::PROT_READ | libc::PROT_WRITE) as u32;
+        let trackable = match tracker.kind() {
+            TrackerKind::UffdAsync => true,
+            TrackerKind::Mprotect => r.prot & rw == rw && !kernel_writes_into(p, start, end),
+        } && private_anon(&r);
+        if !trackable || is_internal(&*tracker, start, end) {
+            continue;
+        }
+        if t.arena.tracked[..n_tracked]
+            .iter()
+            .any(|k| k.intact && k.start <= start && end <= k.end)
+        {
+            // Watched and re-armed by the harvest: an incremental image takes its written
+            // pages, a full one all of it.
+            if mode.parent != 0 {
+                t.arena.regions[i].flags |= FROM_DIRTY;
+            }
+            continue;
+        }
+        // New since the previous checkpoint (or a full one): saved whole, watched from now.
+        // A range the tracker refuses is saved whole every time.
+        let _ = tracker.track(start, end - start);
+    }
+}
+
+/// Writes page data, manifest and header through `out`; returns the stats. The image is not
+/// durable yet: see [`finish`].
 fn write_image(
     rt: &Runtime,
     t: &mut Tables<'_>,
-    mut sv: Saver<'_>,
-    fd: i32,
-    p: &mut ProcessRec,
-    ctx: &Context,
-    generation: u64,
+    out: &mut Out,
+    pending: &Pending,
 ) -> Result<CaptureStats, RawError> {
+    let mut p = pending.process;
+    let p = &mut p;
+    let (generation, mode) = (pending.generation, pending.mode);
     let mut off = HEADER_SPACE;
-    let rsp = ctx.rsp as usize;
+    let rsp = p.ctx.rsp as usize;
     let mut harvested = 0;
     for i in 0..t.n_regions {
         let r = t.arena.regions[i];
         let (start, end) = (r.start as usize, r.end as usize);
         let readable = r.prot & libc::PROT_READ as u32 != 0;
         let runs_before = t.n_runs;
-        // Private anonymous memory is tracked: any of it under uffd-async (registering only
-        // some would keep mappings from merging as they do untracked, and a later mremap of
-        // what the program sees as one mapping would fail), read-write memory under mprotect.
-        let rw = (libc::PROT_READ | libc::PROT_WRITE) as u32;
-        let trackable = match sv.tracker.as_deref().map(|tr| tr.kind()) {
-            None => false,
-            Some(TrackerKind::UffdAsync) => true,
-            Some(TrackerKind::Mprotect) => r.prot & rw == rw && !kernel_writes_into(p, start, end),
-        } && private_anon(&r)
-            && !sv.internal(start, end);
-        if trackable && sv.mode.parent != 0 {
-            let k = t.arena.tracked[..sv.n_tracked]
+        if r.flags & FROM_DIRTY != 0 {
+            let k = t.arena.tracked[..pending.n_tracked]
                 .iter()
                 .position(|k| k.intact && k.start <= start && end <= k.end);
             if let Some(k) = k {
@@ -584,19 +1028,14 @@ fn write_image(
                     let (a, b) = t.arena.dirty[j];
                     let (a, b) = (a.max(start), b.min(end));
                     if a < b {
-                        save_span(rt, t, fd, &mut off, sv.mode, a, b, !readable)?;
+                        save_span(rt, t, out, &mut off, mode, a, b, !readable)?;
                     }
                 }
-                save_zero_gaps(rt, t, start, end)?;
+                save_zero_gaps(t, out, start, end)?;
                 t.arena.regions[i].flags |= REGION_SAVED | REGION_CHAIN;
                 harvested += 1;
                 continue;
             }
-        }
-        if trackable && let Some(tr) = sv.tracker.as_deref_mut() {
-            // New since the previous checkpoint (or a full one): saved below, watched from now.
-            // A range the tracker refuses is saved whole every time.
-            let _ = tr.track(start, end - start);
         }
         let how = if r.flags & REGION_SPECIAL != 0 || r.flags & CANDIDATE == 0 {
             None
@@ -607,10 +1046,10 @@ fn write_image(
         } else if r.flags & REGION_FILE != 0 && r.prot & libc::PROT_WRITE as u32 == 0 {
             // Read-only private file mapping (text, rodata, relocated RELRO of a library
             // loaded with dlopen): only the process's own copies of pages differ from the file.
-            (rt.pagemap_fd >= 0)
+            (out.pagemap_fd >= 0)
                 .then_some((start, end, Some(Scan::Modified)))
                 .or(Some((start, end, None)))
-        } else if r.flags & (REGION_FILE | REGION_SHARED | WHOLE) != 0 || rt.pagemap_fd < 0 {
+        } else if r.flags & (REGION_FILE | REGION_SHARED | WHOLE) != 0 || out.pagemap_fd < 0 {
             // Writable file-backed pages and shared memory are saved whole: the restoring
             // process may have dirtied its own copy of the file's private pages.
             Some((start, end, None))
@@ -623,21 +1062,21 @@ fn write_image(
         };
         // Unreadable memory (PROT_NONE) is read through /proc/self/mem, which may.
         let via_mem = !readable;
-        if via_mem && rt.mem_fd < 0 {
+        if via_mem && out.mem_fd < 0 {
             return Err(raw_err!(
                 Refused,
                 "memory at {start:#x} is not readable and /proc/self/mem is unavailable"
             ));
         }
-        let mode = sv.mode;
         match scan {
-            None => save_span(rt, t, fd, &mut off, mode, from, to, via_mem)?,
+            None => save_span(rt, t, out, &mut off, mode, from, to, via_mem)?,
             Some(kind) => {
                 let scan_buf: &mut [crate::sys::mem::PageRegion] =
                     // SAFETY: the scan buffer is disjoint from everything save_span touches.
                     unsafe { core::slice::from_raw_parts_mut(t.arena.scan.as_mut_ptr(), t.arena.scan.len()) };
-                let scanned = scan_populated(rt.pagemap_fd, from, to, kind, scan_buf, |s, e| {
-                    save_span(rt, t, fd, &mut off, mode, s, e, via_mem)
+                let pagemap_fd = out.pagemap_fd;
+                let scanned = scan_populated(pagemap_fd, from, to, kind, scan_buf, |s, e| {
+                    save_span(rt, t, out, &mut off, mode, s, e, via_mem)
                 })?;
                 if let Err(e) = scanned {
                     return Err(RawError::sys("PAGEMAP_SCAN", b"/proc/self/pagemap", e));
@@ -649,7 +1088,7 @@ fn write_image(
         }
     }
     for r in &mut t.arena.regions[..t.n_regions] {
-        r.flags &= !(CANDIDATE | WHOLE);
+        r.flags &= !(CANDIDATE | WHOLE | FROM_DIRTY);
     }
     let data_len = off - HEADER_SPACE;
     p.saved_bytes = data_len;
@@ -666,7 +1105,7 @@ fn write_image(
             };
             for bytes in [sh.as_bytes(), body] {
                 crc = crc32c::crc32c_append(crc, bytes);
-                syscall::pwrite_all(fd, bytes, *off)
+                out.put(bytes, *off, *off)
                     .map_err(|e| RawError::sys("write", b"manifest", e))?;
                 *off += bytes.len() as u64;
             }
@@ -715,7 +1154,7 @@ fn write_image(
         version: VERSION,
         header_size: size_of::<Header>() as u32,
         generation,
-        parent: sv.mode.parent,
+        parent: mode.parent,
         created_ns: syscall::realtime_ns(),
         data_offset: HEADER_SPACE,
         data_len,
@@ -726,10 +1165,8 @@ fn write_image(
         header_crc: 0,
     };
     h.header_crc = h.compute_crc();
-    syscall::pwrite_all(fd, h.as_bytes(), 0).map_err(|e| RawError::sys("write", b"header", e))?;
-    // A recycled file may be longer than this image.
-    syscall::ftruncate(fd, off).map_err(|e| RawError::sys("truncate", b"image", e))?;
-    syscall::fsync(fd).map_err(|e| RawError::sys("fsync", b"image", e))?;
+    out.put(h.as_bytes(), 0, off)
+        .map_err(|e| RawError::sys("write", b"header", e))?;
     let saved = t.arena.regions[..t.n_regions]
         .iter()
         .filter(|r| r.flags & REGION_SAVED != 0)
@@ -742,8 +1179,10 @@ fn write_image(
         files: t.n_files as u32,
         file_bytes: off,
         recycled: false,
-        parent: sv.mode.parent,
+        parent: mode.parent,
         harvested,
+        rebase: mode.rebase,
+        spilled: false,
     })
 }
 
@@ -764,38 +1203,16 @@ fn private_anon(r: &RegionRec) -> bool {
     r.flags & (CANDIDATE | REGION_FILE | REGION_SHARED | WHOLE | REGION_STACK) == CANDIDATE
 }
 
-/// What `write_image` needs to save pages incrementally.
-struct Saver<'a> {
-    tracker: Option<&'a mut dyn DirtyTracker>,
-    mode: Mode,
-    /// Entries of `arena.tracked` filled by [`harvest_tracked`].
-    n_tracked: usize,
-}
-
-impl Saver<'_> {
-    /// Whether `[start, end)` overlaps the tracker's own memory.
-    fn internal(&self, start: usize, end: usize) -> bool {
-        let mut hit = false;
-        if let Some(tr) = self.tracker.as_deref() {
-            tr.internal_ranges(&mut |s, e| hit |= s < end && start < e);
-        }
-        hit
-    }
-}
-
-/// Starts an incremental capture: lists the tracker's ranges and harvests each one's written
-/// pages into the arena (which also re-arms them). For a full capture, stops watching
-/// everything instead: each region is watched afresh as it is saved. Returns the number of
-/// ranges listed.
+/// Starts a capture under a tracker: lists the tracker's ranges and harvests each one's written
+/// pages into the arena, which also re-arms them (a full capture does it too: harvesting only
+/// touches the written pages, so it is the cheapest way to start a new clean dirty set, and the
+/// ranges stay watched). Returns the number of ranges listed.
 fn harvest_tracked(
     t: &mut Tables<'_>,
     tracker: &mut dyn DirtyTracker,
     mode: Mode,
 ) -> Result<usize, RawError> {
-    if mode.parent == 0 {
-        tracker.untrack_all();
-        return Ok(0);
-    }
+    let _ = mode;
     let mut n = 0;
     let mut overflow = false;
     let tracked = &mut *t.arena.tracked;
@@ -944,13 +1361,8 @@ fn split_region_at(t: &mut Tables<'_>, addr: usize) -> Result<(), RawError> {
 
 /// Records the pages of `[start, end)` that hold no data (never touched, or discarded) as zero
 /// runs: in an incremental image, older images of the chain may hold stale contents for them.
-fn save_zero_gaps(
-    rt: &Runtime,
-    t: &mut Tables<'_>,
-    start: usize,
-    end: usize,
-) -> Result<(), RawError> {
-    if rt.pagemap_fd < 0 {
+fn save_zero_gaps(t: &mut Tables<'_>, out: &Out, start: usize, end: usize) -> Result<(), RawError> {
+    if out.pagemap_fd < 0 {
         return Ok(());
     }
     let scan_buf: &mut [crate::sys::mem::PageRegion] =
@@ -973,7 +1385,7 @@ fn save_zero_gaps(
         )
     };
     let scanned = scan_populated(
-        rt.pagemap_fd,
+        out.pagemap_fd,
         start,
         end,
         Scan::Populated,
@@ -997,7 +1409,7 @@ fn save_zero_gaps(
 fn save_span(
     rt: &Runtime,
     t: &mut Tables<'_>,
-    fd: i32,
+    out: &mut Out,
     off: &mut u64,
     mode: Mode,
     start: usize,
@@ -1016,7 +1428,7 @@ fn save_span(
             .unwrap_or(end)
             .min(end)
             .min(at + RUN_MAX);
-        write_run(rt, t, fd, off, mode, at, stop - at, via_mem)?;
+        write_run(t, out, off, mode, at, stop - at, via_mem)?;
         at = stop;
     }
     Ok(())
@@ -1024,9 +1436,8 @@ fn save_span(
 
 #[allow(clippy::too_many_arguments)]
 fn write_run(
-    rt: &Runtime,
     t: &mut Tables<'_>,
-    fd: i32,
+    out: &mut Out,
     off: &mut u64,
     mode: Mode,
     addr: usize,
@@ -1036,12 +1447,14 @@ fn write_run(
     // Checked before the data is written, as well as when the run is recorded.
     run_room(t)?;
     crate::fault::point("write-data").map_err(|e| RawError::sys("write", b"page data", e))?;
-    if mode.rebase {
+    // Buffered, the data reaches the file in the writer process (see `finish`), and so does
+    // this failure point.
+    if mode.rebase && out.buf.is_none() {
         crate::fault::point("compact-data").map_err(|e| RawError::sys("write", b"page data", e))?;
     }
     let bytes: &[u8] = if via_mem {
         let buf = &mut t.arena.bounce[..len];
-        match syscall::pread_exact(rt.mem_fd, buf, addr as u64) {
+        match syscall::pread_exact(out.mem_fd, buf, addr as u64) {
             Ok(true) => &buf[..],
             Ok(false) => {
                 return Err(raw_err!(
@@ -1057,14 +1470,14 @@ fn write_run(
         unsafe { core::slice::from_raw_parts(addr as *const u8, len) }
     };
     let crc = crc32c::crc32c(bytes);
-    syscall::pwrite_all(fd, bytes, *off)
+    out.put(bytes, *off, *off)
         .map_err(|e: Errno| RawError::sys("write", b"page data", e))?;
     // Start the device on what is written so far, so that its work overlaps the checksums and
     // copies of the rest instead of all waiting for the final fsync.
     let flushed = *off / WRITEBACK_BATCH;
-    if (*off + len as u64) / WRITEBACK_BATCH > flushed {
+    if out.buf.is_none() && (*off + len as u64) / WRITEBACK_BATCH > flushed {
         let from = flushed * WRITEBACK_BATCH;
-        let _ = syscall::start_writeback(fd, from, *off + len as u64 - from);
+        let _ = syscall::start_writeback(out.fd, from, *off + len as u64 - from);
     }
     push_run(
         t,
@@ -1107,6 +1520,9 @@ const INHERITED: &str = "; if the program inherited it, whatever starts the prog
 const CANDIDATE: u32 = 1 << 30;
 /// Capture-time region flag: save every page, not only populated ones.
 const WHOLE: u32 = 1 << 29;
+/// Capture-time region flag: inside a range the tracker watched intact since the parent image:
+/// saved from its harvested dirty runs (see `plan_tracking`).
+const FROM_DIRTY: u32 = 1 << 28;
 
 /// Bytes of image written between two writeback kicks.
 const WRITEBACK_BATCH: u64 = 16 << 20;

@@ -464,6 +464,8 @@ pub(crate) fn after_restore(rt: &mut Runtime, info_addr: usize) {
     rt.lock_fd = mv(info.lock_fd);
     rt.pagemap_fd = -1;
     rt.mem_fd = -1;
+    // The writer the image's process may have had died with it.
+    rt.writer = None;
     // Close whatever else the restoring process had open.
     let mut stray = [0i32; 256];
     let mut n = 0;

@@ -15,8 +15,8 @@ use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 
 use crate::arena::Arena;
-use crate::capture::{self, CaptureStats, Mode};
-use crate::config::{Config, LogLevel};
+use crate::capture::{self, CaptureStats, Captured, Mode, Report, Writer};
+use crate::config::{BusyMode, Config, LogLevel};
 use crate::dirty::DirtyTracker;
 use crate::error::{Error, RawError, Result, raw_err};
 use crate::store;
@@ -57,6 +57,23 @@ pub struct Runtime {
     pub(crate) tracker: Option<Box<dyn DirtyTracker>>,
     /// The chain of incremental images the next one can build on.
     pub(crate) chain: Chain,
+    /// The forked and buffered policies: the page their writer process reports in (shared).
+    pub(crate) report: *mut Report,
+    /// The buffered policies: the buffer pages are copied into (`CKPT_BUFFER` bytes): address
+    /// and length.
+    pub(crate) buffer: (usize, usize),
+    /// Mappings of ours a capture records without contents, `(start, end)`: the report page and
+    /// the buffer.
+    pub(crate) own_maps: [(usize, usize); 2],
+    /// The background writer still to be reaped.
+    pub(crate) writer: Option<Background>,
+}
+
+/// A checkpoint being written by a writer process.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Background {
+    pub pid: i32,
+    pub generation: u64,
 }
 
 /// Where the incremental chain stands.
@@ -160,6 +177,9 @@ impl Runtime {
     }
 }
 
+/// How long `open_store` waits for a store lock held by another process.
+const LOCK_WAIT_NS: u64 = 2_000_000_000;
+
 /// Opens (creating) the store directory and takes its lock. Returns (dir fd, lock fd).
 pub(crate) fn open_store(dir: &std::path::Path) -> Result<(i32, i32)> {
     let io = |op, source| Error::Io {
@@ -191,7 +211,16 @@ pub(crate) fn open_store(dir: &std::path::Path) -> Result<(i32, i32)> {
             return Err(io("open store directory", e.io()));
         }
     };
-    if let Err(e) = syscall::flock(lock_fd, libc::LOCK_EX | libc::LOCK_NB) {
+    // A background writer of the previous run holds the lock until it exits, which it does
+    // as soon as it finds its program gone (PR_SET_PDEATHSIG): give it a moment.
+    let mut locked = syscall::flock(lock_fd, libc::LOCK_EX | libc::LOCK_NB);
+    let deadline = syscall::monotonic_ns() + LOCK_WAIT_NS;
+    while matches!(locked, Err(e) if e.0 == libc::EWOULDBLOCK) && syscall::monotonic_ns() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        locked = syscall::flock(lock_fd, libc::LOCK_EX | libc::LOCK_NB);
+    }
+    if let Err(e) = locked {
         let _ = syscall::close(lock_fd);
         let _ = syscall::close(dir_fd);
         return Err(if e.0 == libc::EWOULDBLOCK {
@@ -272,6 +301,14 @@ pub fn init(cfg: Config) -> Result<()> {
         source: e,
     })? + 1;
 
+    let (report, buffer) = match background_maps(&cfg) {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = syscall::close(lock_fd);
+            let _ = syscall::close(dir_fd);
+            return Err(e);
+        }
+    };
     let rt = Box::new(Runtime {
         sig: signals::checkpoint_signal(),
         dir_fd,
@@ -291,6 +328,13 @@ pub fn init(cfg: Config) -> Result<()> {
         last_error: None,
         tracker,
         chain: Chain::default(),
+        report: report.0 as *mut Report,
+        buffer,
+        own_maps: [
+            (report.0, report.0 + report.1),
+            (buffer.0, buffer.0 + buffer.1),
+        ],
+        writer: None,
         cfg,
     });
     let rt = Box::into_raw(rt);
@@ -325,6 +369,29 @@ pub fn init(cfg: Config) -> Result<()> {
         }
     );
     Ok(())
+}
+
+/// The report page of the background policies and the buffer of the buffered ones, mapped for
+/// the life of the process (a restore recreates them in place); `(0, 0)` where not needed.
+fn background_maps(cfg: &Config) -> Result<((usize, usize), (usize, usize))> {
+    let err = |what: &str, e: syscall::Errno| {
+        Error::Checkpoint(format!("policy {}: cannot map the {what}: {e}", cfg.policy))
+    };
+    let mut report = (0, 0);
+    let mut buffer = (0, 0);
+    if cfg.policy.forked() || cfg.policy.buffered() {
+        report = crate::sys::mem::Mapping::shared(size_of::<Report>())
+            .map_err(|e| err("writer's report page", e))?
+            .leak();
+    }
+    if cfg.policy.buffered() {
+        // Reserved, not populated: the first checkpoints fault its pages in, later ones reuse
+        // them.
+        buffer = crate::sys::mem::Mapping::anonymous(cfg.buffer_max as usize)
+            .map_err(|e| err("checkpoint buffer (CKPT_BUFFER)", e))?
+            .leak();
+    }
+    Ok((report, buffer))
 }
 
 /// `, tracker NAME` when the policy uses one.
@@ -397,7 +464,8 @@ fn rearm(rt: &Runtime) {
 
 fn teardown(rt: *mut Runtime) {
     // SAFETY: the caller has unpublished `rt` (or never published it) and blocked the signal.
-    let r = unsafe { Box::from_raw(rt) };
+    let mut r = unsafe { Box::from_raw(rt) };
+    kill_writer(&mut r);
     if let Some(id) = r.timer {
         let _ = signals::timer_delete(id);
     }
@@ -425,7 +493,7 @@ extern "C" fn on_program_exit(status: i32, _arg: *mut c_void) {
         return;
     }
     // SAFETY: published by init; unpublished above, so no new checkpoint starts.
-    let r = unsafe { &*rt };
+    let r = unsafe { &mut *rt };
     // Not the faults: the exit handlers that run after this one (the dynamic linker's
     // `_dl_fini`) still write into memory the mprotect tracker keeps read-only.
     let _ = syscall::sigprocmask(libc::SIG_BLOCK, Some(&!FAULTS), None);
@@ -433,6 +501,8 @@ extern "C" fn on_program_exit(status: i32, _arg: *mut c_void) {
         let _ = signals::timer_delete(id);
     }
     if status != 0 {
+        // The checkpoint being written in the background is let finish: it is the newest.
+        reap(r, true);
         log_at!(
             r.cfg,
             Info,
@@ -440,6 +510,8 @@ extern "C" fn on_program_exit(status: i32, _arg: *mut c_void) {
         );
         return;
     }
+    // Finished: a checkpoint being written is of no use, and must not land after the removal.
+    kill_writer(r);
     // A checkpoint can only be in progress here if exit() was called from inside one (every
     // signal is blocked while a capture runs, so not from a handler): leave the store alone.
     if r.busy.swap(true, Ordering::Acquire) {
@@ -482,6 +554,8 @@ pub enum Outcome {
     Committed(#[allow(dead_code)] CaptureStats),
     /// We are the restored process, continuing from a checkpoint.
     Restored,
+    /// Handed to a writer process (the forked and buffered policies).
+    Background,
 }
 
 struct Job {
@@ -489,7 +563,8 @@ struct Job {
     generation: u64,
     mode: Mode,
     mask: u64,
-    result: Option<Result<CaptureStats, RawError>>,
+    writer: Writer,
+    result: Option<Result<Captured, RawError>>,
 }
 
 unsafe extern "C" fn capture_cb(ctx: *mut Context, arg: *mut c_void) -> usize {
@@ -524,6 +599,7 @@ unsafe extern "C" fn capture_cb(ctx: *mut Context, arg: *mut c_void) -> usize {
         job.mask,
         job.generation,
         rseq_len.unwrap_or(0),
+        job.writer,
     );
     if let (Some(seq), Some(len)) = (rt.rseq, rseq_len) {
         // SAFETY: the same area of this thread's descriptor that glibc registered.
@@ -542,12 +618,44 @@ fn checkpoint(rt: *mut Runtime, mask: u64) -> core::result::Result<Outcome, RawE
     if r.busy.swap(true, Ordering::Acquire) {
         return Err(raw_err!(Busy, "a checkpoint is already in progress"));
     }
+    // The previous background checkpoint must have ended (and its outcome be known: the next
+    // incremental image builds on it) before the next one starts.
+    reap(r, r.cfg.busy == BusyMode::Wait);
+    if let Some(w) = r.writer {
+        log_at!(
+            r.cfg,
+            Info,
+            "checkpoint skipped: checkpoint {} is still being written",
+            w.generation
+        );
+        r.busy.store(false, Ordering::Release);
+        return Err(raw_err!(
+            Busy,
+            "checkpoint {} is still being written",
+            w.generation
+        ));
+    }
     let t0 = syscall::monotonic_ns();
+    let writer = if r.cfg.policy.forked() && !r.report.is_null() {
+        Writer::Fork {
+            report: r.report,
+            started: t0,
+        }
+    } else if r.cfg.policy.buffered() && !r.report.is_null() && r.buffer.1 > 0 {
+        Writer::Buffer {
+            report: r.report,
+            buf: r.buffer,
+            started: t0,
+        }
+    } else {
+        Writer::InPlace
+    };
     let mut job = Job {
         rt,
         generation: r.next_gen,
         mode: r.next_mode(),
         mask,
+        writer,
         result: None,
     };
     let mut ctx = Context::default();
@@ -567,58 +675,42 @@ fn checkpoint(rt: *mut Runtime, mask: u64) -> core::result::Result<Outcome, RawE
         crate::restore::after_restore(r, back);
         Ok(Outcome::Restored)
     } else {
+        let ms = (syscall::monotonic_ns() - t0) as f64 / 1e6;
         match job
             .result
             .take()
             .unwrap_or_else(|| Err(raw_err!(Io, "capture did not run")))
         {
-            Ok(stats) => {
-                r.next_gen = stats.generation + 1;
-                r.committed += 1;
-                r.last_error = None;
-                r.chain.committed(&stats);
-                let ms = (syscall::monotonic_ns() - t0) as f64 / 1e6;
-                let mib = stats.data_bytes as f64 / (1 << 20) as f64;
+            Ok(Captured::Committed(stats)) => {
+                if stats.spilled {
+                    log_at!(
+                        r.cfg,
+                        Info,
+                        "checkpoint {} did not fit the {} MiB buffer (CKPT_BUFFER); written in place",
+                        stats.generation,
+                        r.buffer.1 >> 20
+                    );
+                }
+                committed(r, &stats);
+                log_committed(r, &stats, ms, ms);
+                Ok(Outcome::Committed(stats))
+            }
+            Ok(Captured::Background { pid }) => {
+                r.writer = Some(Background {
+                    pid,
+                    generation: job.generation,
+                });
+                r.next_gen = job.generation + 1;
                 log_at!(
                     r.cfg,
                     Info,
-                    "checkpoint {} committed ({}, {}): {:.1} MiB in {} runs, {:.1} ms, paused {:.1} ms ({:.0} MiB/s)",
-                    stats.generation,
-                    if stats.parent == 0 {
-                        "full"
-                    } else {
-                        "incremental"
-                    },
-                    r.cfg.policy,
-                    mib,
-                    stats.runs,
-                    ms,
-                    ms,
-                    mib / (ms / 1e3).max(1e-9)
+                    "checkpoint {} writing in the background (writer pid {pid}, paused {ms:.1} ms)",
+                    job.generation
                 );
-                log_at!(
-                    r.cfg,
-                    Debug,
-                    "checkpoint {}: {} regions ({} with saved contents, {} from the dirty tracker), {} open files, image {} bytes ({})",
-                    stats.generation,
-                    stats.regions.0,
-                    stats.regions.1,
-                    stats.harvested,
-                    stats.files,
-                    stats.file_bytes,
-                    if stats.recycled {
-                        "oldest image file overwritten in place"
-                    } else {
-                        "new file"
-                    }
-                );
-                Ok(Outcome::Committed(stats))
+                Ok(Outcome::Background)
             }
             Err(e) => {
-                r.failed += 1;
-                r.last_error = Some(e);
-                // The dirty set harvested for it is gone: the next checkpoint is full.
-                r.chain.head = 0;
+                failed(r, e);
                 log_at!(
                     r.cfg,
                     Info,
@@ -632,6 +724,125 @@ fn checkpoint(rt: *mut Runtime, mask: u64) -> core::result::Result<Outcome, RawE
     };
     r.busy.store(false, Ordering::Release);
     outcome
+}
+
+/// Books a committed generation.
+fn committed(r: &mut Runtime, stats: &CaptureStats) {
+    r.next_gen = stats.generation + 1;
+    r.committed += 1;
+    r.last_error = None;
+    r.chain.committed(stats);
+}
+
+/// Books a failed checkpoint: the dirty set harvested for it is gone, so the next one is full.
+fn failed(r: &mut Runtime, e: RawError) {
+    r.failed += 1;
+    r.last_error = Some(e);
+    r.chain.head = 0;
+}
+
+/// Learns how the background writer ended, if it has (waiting for it with `block`), and books
+/// its outcome. Its generation number is reused after a failure (the next capture removes the
+/// temporary file it may have left).
+fn reap(r: &mut Runtime, block: bool) {
+    let Some(w) = r.writer else {
+        return;
+    };
+    let options = libc::__WALL | if block { 0 } else { libc::WNOHANG };
+    let status = match syscall::wait_child(w.pid, options) {
+        Ok(None) => return,
+        Ok(Some(status)) => Some(status),
+        // Reaped by someone else (a program waiting with __WALL): the report still says.
+        Err(_) => None,
+    };
+    r.writer = None;
+    // SAFETY: the writer is gone; the report page is ours again.
+    let report = unsafe { &*r.report };
+    let exited_ok = status.is_none_or(|s| libc::WIFEXITED(s) && libc::WEXITSTATUS(s) == 0);
+    if report.generation == w.generation && report.outcome == capture::REPORT_COMMITTED && exited_ok
+    {
+        let stats = report.stats;
+        committed(r, &stats);
+        return;
+    }
+    let e = match (report.outcome, status) {
+        (capture::REPORT_FAILED, _) if report.generation == w.generation => report
+            .error
+            .unwrap_or_else(|| raw_err!(Io, "the writer failed")),
+        (_, Some(s)) if libc::WIFSIGNALED(s) => raw_err!(
+            Io,
+            "the writer process {} was killed by signal {}",
+            w.pid,
+            libc::WTERMSIG(s)
+        ),
+        (_, Some(s)) => raw_err!(
+            Io,
+            "the writer process {} exited with status {} without committing",
+            w.pid,
+            libc::WEXITSTATUS(s)
+        ),
+        (_, None) => raw_err!(
+            Io,
+            "the writer process {} vanished without committing",
+            w.pid
+        ),
+    };
+    failed(r, e);
+    r.next_gen = w.generation;
+    log_at!(
+        r.cfg,
+        Info,
+        "checkpoint {} failed in the background, the previous checkpoint is intact: {}",
+        w.generation,
+        e.msg
+    );
+}
+
+/// Stops the background writer, if any, without booking it (the program is going away).
+fn kill_writer(r: &mut Runtime) {
+    if let Some(w) = r.writer.take() {
+        let _ = syscall::kill(w.pid, libc::SIGKILL);
+        let _ = syscall::wait_child(w.pid, libc::__WALL);
+    }
+}
+
+/// The `checkpoint G committed (...)` line (see docs/policies.md): `ms` from the start of the
+/// checkpoint to the commit, `paused_ms` of it with the program stopped.
+pub(crate) fn log_committed(r: &Runtime, stats: &CaptureStats, ms: f64, paused_ms: f64) {
+    let mib = stats.data_bytes as f64 / (1 << 20) as f64;
+    log_at!(
+        r.cfg,
+        Info,
+        "checkpoint {} committed ({}, {}): {:.1} MiB in {} runs, {:.1} ms, paused {:.1} ms ({:.0} MiB/s)",
+        stats.generation,
+        if stats.parent == 0 {
+            "full"
+        } else {
+            "incremental"
+        },
+        r.cfg.policy,
+        mib,
+        stats.runs,
+        ms,
+        paused_ms,
+        mib / (ms / 1e3).max(1e-9)
+    );
+    log_at!(
+        r.cfg,
+        Debug,
+        "checkpoint {}: {} regions ({} with saved contents, {} from the dirty tracker), {} open files, image {} bytes ({})",
+        stats.generation,
+        stats.regions.0,
+        stats.regions.1,
+        stats.harvested,
+        stats.files,
+        stats.file_bytes,
+        if stats.recycled {
+            "oldest image file overwritten in place"
+        } else {
+            "new file"
+        }
+    );
 }
 
 extern "C" fn on_signal(_sig: i32, _info: *mut libc::siginfo_t, _uctx: *mut c_void) {

@@ -39,6 +39,16 @@ impl Mapping {
         Ok(Mapping { addr, len })
     }
 
+    /// Maps `len` bytes read-write shared with the processes this one creates afterwards.
+    pub fn shared(len: usize) -> SysResult<Mapping> {
+        let len = page_ceil(len.max(PAGE));
+        let flags = libc::MAP_SHARED | libc::MAP_ANONYMOUS;
+        // SAFETY: no MAP_FIXED: the kernel picks an unused range.
+        let addr =
+            unsafe { syscall::mmap(0, len, libc::PROT_READ | libc::PROT_WRITE, flags, -1, 0) }?;
+        Ok(Mapping { addr, len })
+    }
+
     /// Maps `len` bytes read-write at exactly `addr`, failing if anything is there already.
     pub fn anonymous_at(addr: usize, len: usize) -> SysResult<Mapping> {
         let len = page_ceil(len.max(PAGE));

@@ -566,6 +566,66 @@ fn unreachable_exit() -> ! {
     }
 }
 
+/// `getppid()`.
+pub fn getppid() -> i32 {
+    // SAFETY: no arguments; cannot fail.
+    unsafe { sys!(libc::SYS_getppid) }
+        .map(|v| v as i32)
+        .unwrap_or(0)
+}
+
+/// `kill(pid, sig)`.
+pub fn kill(pid: i32, sig: i32) -> SysResult<()> {
+    // SAFETY: no pointers.
+    unsafe { sys!(libc::SYS_kill, pid, sig) }.map(drop)
+}
+
+/// `prctl(PR_SET_PDEATHSIG, sig)`: `sig` is sent to the caller when its parent exits.
+pub fn set_parent_death_signal(sig: i32) -> SysResult<()> {
+    // SAFETY: no pointers.
+    unsafe { sys!(libc::SYS_prctl, libc::PR_SET_PDEATHSIG, sig) }.map(drop)
+}
+
+/// `wait4(pid, &status, options, NULL)`: `Ok(None)` when `WNOHANG` found it still running,
+/// else its wait status. Retries on `EINTR`.
+pub fn wait_child(pid: i32, options: i32) -> SysResult<Option<i32>> {
+    let mut status = 0i32;
+    loop {
+        // SAFETY: `status` is a valid int for the kernel to fill.
+        match unsafe { sys!(libc::SYS_wait4, pid, &mut status as *mut i32, options, 0) } {
+            Ok(0) => return Ok(None),
+            Ok(_) => return Ok(Some(status)),
+            Err(Errno(libc::EINTR)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Starts `f(arg)` in a new process created with `clone(flags)` (the exit signal is the low
+/// byte of `flags`) on the stack ending at `stack_top`; the process exits with `f`'s result.
+///
+/// # Safety
+/// `stack_top` must be the 16-byte aligned top of memory the child may use as its stack for its
+/// whole life, and `f` must be safe to run in the child with `arg`: with `CLONE_VM` it shares
+/// this address space (and thread descriptor: it must not touch thread-local state), without
+/// it, it runs in a copy that holds only the calling thread.
+pub unsafe fn spawn(
+    flags: i32,
+    stack_top: usize,
+    f: extern "C" fn(*mut core::ffi::c_void) -> i32,
+    arg: *mut core::ffi::c_void,
+) -> SysResult<i32> {
+    // SAFETY: see above; glibc's clone only issues the system call and, in the child, calls `f`
+    // and then exit.
+    let pid = unsafe { libc::clone(f, stack_top as *mut core::ffi::c_void, flags, arg) };
+    if pid < 0 {
+        // SAFETY: this thread's errno slot, set by the failed clone.
+        Err(Errno(unsafe { *libc::__errno_location() }))
+    } else {
+        Ok(pid)
+    }
+}
+
 /// `tgkill(getpid(), gettid(), sig)`.
 pub fn raise(sig: i32) {
     // SAFETY: no pointers.
