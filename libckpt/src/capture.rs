@@ -54,6 +54,8 @@ pub struct CaptureStats {
     pub rebase: bool,
     /// Buffered, but larger than the buffer: finished in place.
     pub spilled: bool,
+    /// The process deleting the images this commit retired (0: none): the caller reaps it.
+    pub deleter: i32,
 }
 
 /// How one capture saves pages.
@@ -209,7 +211,12 @@ pub fn capture(
     match writer {
         Writer::InPlace => {
             let mut out = Out::file(fd, rt.pagemap_fd, rt.mem_fd);
-            write_and_commit(rt, arena, &pending, &mut out).map(Captured::Committed)
+            let mut retired = store::Retired::default();
+            let stats = write_and_commit(rt, arena, &pending, &mut out, &mut retired)?;
+            Ok(Captured::Committed(CaptureStats {
+                deleter: spawn_deleter(rt, arena, &retired),
+                ..stats
+            }))
         }
         Writer::Fork { report, started } => {
             let out = Out::file(fd, rt.pagemap_fd, rt.mem_fd);
@@ -232,10 +239,15 @@ pub fn capture(
             if out.spilled {
                 // Larger than the buffer: what it held went to the file and the rest followed
                 // in place; finish in place too.
-                let r = finish(&mut out, &stats)
-                    .and_then(|()| commit(rt, arena.dents, &pending, stats))
-                    .map_err(|e| abandon(rt, &pending, e));
-                return r.map(|s| Captured::Committed(CaptureStats { spilled: true, ..s }));
+                let mut retired = store::Retired::default();
+                let s = finish(&mut out, &stats)
+                    .and_then(|()| commit(rt, arena.dents, &pending, stats, Some(&mut retired)))
+                    .map_err(|e| abandon(rt, &pending, e))?;
+                return Ok(Captured::Committed(CaptureStats {
+                    spilled: true,
+                    deleter: spawn_deleter(rt, arena, &retired),
+                    ..s
+                }));
             }
             let pending = Pending { counts, ..pending };
             spawn_writer(rt, arena, pending, out, report, Some(stats), started)
@@ -430,7 +442,7 @@ extern "C" fn writer_main(arg: *mut c_void) -> i32 {
                 stats
             }
         };
-        commit(rt, arena.dents, &pending, stats)
+        commit(rt, arena.dents, &pending, stats, None)
     })();
     // SAFETY: the report page is shared with the parent, which reads it after reaping us.
     let report = unsafe { &mut *a.report };
@@ -451,6 +463,54 @@ extern "C" fn writer_main(arg: *mut c_void) -> i32 {
     }
 }
 
+/// Starts a process that deletes the files `retired` names, on the arena's writer stack and in
+/// this address space (`CLONE_VM`: nothing is copied); returns its pid, or 0 when there is
+/// nothing to delete, or deletes them here if no process can be started. Deleting a large file
+/// frees its blocks and cached pages synchronously, which must not lengthen the pause.
+fn spawn_deleter(rt: &Runtime, arena: &mut Arena, retired: &store::Retired) -> i32 {
+    if retired.n == 0 {
+        return 0;
+    }
+    struct DeleterArgs {
+        dir_fd: i32,
+        retired: store::Retired,
+        parent: i32,
+    }
+    extern "C" fn deleter_main(arg: *mut c_void) -> i32 {
+        // SAFETY: the DeleterArgs spawn_deleter placed on this stack.
+        let a = unsafe { &*(arg as *const DeleterArgs) };
+        let _ = syscall::set_parent_death_signal(libc::SIGKILL);
+        if syscall::getppid() == a.parent {
+            store::delete_retired(a.dir_fd, &a.retired);
+        }
+        0
+    }
+    let slot = (arena.writer_stack_top - size_of::<DeleterArgs>()) & !63;
+    let args = DeleterArgs {
+        dir_fd: rt.dir_fd,
+        retired: *retired,
+        parent: syscall::getpid(),
+    };
+    // SAFETY: the writer stack is unused by the in-place policies (whose pause this is), and
+    // the runtime reaps the deleter before the next capture; the slot is aligned.
+    unsafe { core::ptr::write(slot as *mut DeleterArgs, args) };
+    // SAFETY: `deleter_main` only makes raw system calls on its arguments and its own stack.
+    match unsafe {
+        syscall::spawn(
+            libc::CLONE_VM,
+            slot & !15,
+            deleter_main,
+            slot as *mut c_void,
+        )
+    } {
+        Ok(pid) => pid,
+        Err(_) => {
+            store::delete_retired(rt.dir_fd, retired);
+            0
+        }
+    }
+}
+
 /// Writes the page data, manifest and header of `pending` through `out`, then finishes and
 /// commits it.
 fn write_and_commit(
@@ -458,11 +518,12 @@ fn write_and_commit(
     arena: &mut Arena,
     pending: &Pending,
     out: &mut Out,
+    retired: &mut store::Retired,
 ) -> Result<CaptureStats, RawError> {
     let mut t = Tables::with(arena, pending.counts);
     let r = write_image(rt, &mut t, out, pending)
         .and_then(|stats| finish(out, &stats).map(|()| stats))
-        .and_then(|stats| commit(rt, t.arena.dents, pending, stats));
+        .and_then(|stats| commit(rt, t.arena.dents, pending, stats, Some(retired)));
     r.map_err(|e| abandon(rt, pending, e))
 }
 
@@ -504,12 +565,14 @@ fn finish(out: &mut Out, stats: &CaptureStats) -> Result<(), RawError> {
 }
 
 /// Commits the finished image: closes it, renames it to its generation's name (atomic) and
-/// makes the rename durable, then prunes the store.
+/// makes the rename durable, then prunes the store. With `retire`, images no longer needed are
+/// renamed for [`spawn_deleter`] instead of deleted (the caller is the paused program).
 fn commit(
     rt: &Runtime,
     dents: &mut [u8],
     pending: &Pending,
     stats: CaptureStats,
+    retire: Option<&mut store::Retired>,
 ) -> Result<CaptureStats, RawError> {
     let mut tmp = store::name(pending.generation, store::TMP);
     let mut fin = store::name(pending.generation, store::IMAGE);
@@ -522,7 +585,7 @@ fn commit(
     // Until the rename the previous generation is the one a restore would use.
     syscall::renameat(rt.dir_fd, tmp_c, fin_c).map_err(|e| RawError::sys("rename", fin_c, e))?;
     syscall::fsync(rt.dir_fd).map_err(|e| RawError::sys("fsync directory of", fin_c, e))?;
-    store::prune(rt.dir_fd, dents, pending.generation, rt.cfg.keep);
+    store::prune(rt.dir_fd, dents, pending.generation, rt.cfg.keep, retire);
     Ok(CaptureStats {
         recycled: pending.recycled,
         ..stats
@@ -598,6 +661,22 @@ fn open_image(
     tmp_c: &[u8],
     full: bool,
 ) -> Result<(i32, bool), RawError> {
+    let reuse = |from: &mut FixedStr<48>| -> Option<Result<(i32, bool), RawError>> {
+        let from_c = from.as_cstr()?;
+        syscall::renameat(rt.dir_fd, from_c, tmp_c).ok()?;
+        Some(
+            syscall::openat(rt.dir_fd, tmp_c, libc::O_WRONLY | libc::O_CLOEXEC, 0)
+                .map(|fd| (fd, true))
+                .map_err(|e| RawError::sys("open", tmp_c, e)),
+        )
+    };
+    // A retired full image kept for this (see `store::SPARE`).
+    if full
+        && let Some(g) = store::spare(rt.dir_fd, dents)
+        && let Some(r) = reuse(&mut store::name(g, store::SPARE))
+    {
+        return r;
+    }
     let mut gens = [0u64; 64];
     let n = store::committed(rt.dir_fd, dents, &mut gens);
     let keep = rt.cfg.keep as usize;
@@ -607,15 +686,9 @@ fn open_image(
         && !gens[1..n]
             .iter()
             .any(|&g| store::in_chain(rt.dir_fd, g, gens[0]))
+        && let Some(r) = reuse(&mut store::name(gens[0], store::IMAGE))
     {
-        let mut oldest = store::name(gens[0], store::IMAGE);
-        if let Some(old_c) = oldest.as_cstr()
-            && syscall::renameat(rt.dir_fd, old_c, tmp_c).is_ok()
-        {
-            return syscall::openat(rt.dir_fd, tmp_c, libc::O_WRONLY | libc::O_CLOEXEC, 0)
-                .map(|fd| (fd, true))
-                .map_err(|e| RawError::sys("open", tmp_c, e));
-        }
+        return r;
     }
     syscall::openat(
         rt.dir_fd,
@@ -1183,6 +1256,7 @@ fn write_image(
         harvested,
         rebase: mode.rebase,
         spilled: false,
+        deleter: 0,
     })
 }
 

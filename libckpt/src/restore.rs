@@ -466,6 +466,7 @@ pub(crate) fn after_restore(rt: &mut Runtime, info_addr: usize) {
     rt.mem_fd = -1;
     // The writer the image's process may have had died with it.
     rt.writer = None;
+    rt.deleter = 0;
     // Close whatever else the restoring process had open.
     let mut stray = [0i32; 256];
     let mut n = 0;

@@ -67,6 +67,8 @@ pub struct Runtime {
     pub(crate) own_maps: [(usize, usize); 2],
     /// The background writer still to be reaped.
     pub(crate) writer: Option<Background>,
+    /// The process deleting retired images after an in-place commit, still to be reaped.
+    pub(crate) deleter: i32,
 }
 
 /// A checkpoint being written by a writer process.
@@ -335,6 +337,7 @@ pub fn init(cfg: Config) -> Result<()> {
             (buffer.0, buffer.0 + buffer.1),
         ],
         writer: None,
+        deleter: 0,
         cfg,
     });
     let rt = Box::into_raw(rt);
@@ -502,6 +505,7 @@ extern "C" fn on_program_exit(status: i32, _arg: *mut c_void) {
     }
     if status != 0 {
         // The checkpoint being written in the background is let finish: it is the newest.
+        reap_deleter(r);
         reap(r, true);
         log_at!(
             r.cfg,
@@ -619,7 +623,9 @@ fn checkpoint(rt: *mut Runtime, mask: u64) -> core::result::Result<Outcome, RawE
         return Err(raw_err!(Busy, "a checkpoint is already in progress"));
     }
     // The previous background checkpoint must have ended (and its outcome be known: the next
-    // incremental image builds on it) before the next one starts.
+    // incremental image builds on it) before the next one starts; so must the deletion of the
+    // images the previous commit retired (it uses the arena's writer stack).
+    reap_deleter(r);
     reap(r, r.cfg.busy == BusyMode::Wait);
     if let Some(w) = r.writer {
         log_at!(
@@ -726,8 +732,19 @@ fn checkpoint(rt: *mut Runtime, mask: u64) -> core::result::Result<Outcome, RawE
     outcome
 }
 
+/// Waits for the process deleting retired images, if one runs (it is usually long done).
+fn reap_deleter(r: &mut Runtime) {
+    if r.deleter > 0 {
+        let _ = syscall::wait_child(r.deleter, libc::__WALL);
+        r.deleter = 0;
+    }
+}
+
 /// Books a committed generation.
 fn committed(r: &mut Runtime, stats: &CaptureStats) {
+    if stats.deleter > 0 {
+        r.deleter = stats.deleter;
+    }
     r.next_gen = stats.generation + 1;
     r.committed += 1;
     r.last_error = None;
@@ -798,8 +815,10 @@ fn reap(r: &mut Runtime, block: bool) {
     );
 }
 
-/// Stops the background writer, if any, without booking it (the program is going away).
+/// Stops the background writer, if any, without booking it (the program is going away), and
+/// waits for the deleter.
 fn kill_writer(r: &mut Runtime) {
+    reap_deleter(r);
     if let Some(w) = r.writer.take() {
         let _ = syscall::kill(w.pid, libc::SIGKILL);
         let _ = syscall::wait_child(w.pid, libc::__WALL);
