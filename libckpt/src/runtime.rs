@@ -142,7 +142,9 @@ impl Runtime {
     /// else full (which compacts a chain into a new base).
     fn next_mode(&self) -> Mode {
         let c = &self.chain;
-        if !self.cfg.policy.incremental() || self.tracker.is_none() {
+        // Without PAGEMAP_SCAN an incremental image could not say which of its pages went back
+        // to zero (`capture::save_zero_gaps`): every checkpoint is then full.
+        if !self.cfg.policy.incremental() || self.tracker.is_none() || self.pagemap_fd < 0 {
             return Mode::default();
         }
         let short = c.len < self.cfg.chain_max
