@@ -12,8 +12,9 @@
 //! `probe rseq MARKER` — glibc's rseq area is registered again after a restore.
 //! `probe protnone MARKER` — data in memory mapped PROT_NONE survives a restore.
 //! `probe kernel-read MARKER` — between two checkpoints `read(2)` fills tracked memory (pages
-//! written before, pages never touched, and a heap buffer): the kernel, not the program, writes
-//! them, and the restored process must see the data.
+//! written before, pages never touched, and a heap buffer; through libc's `read` and through
+//! std's `File::read`): the kernel, not the program, writes them, and the restored process must
+//! see the data.
 //!
 //! The scenarios with a MARKER checkpoint, then kill themselves; run again after the marker
 //! file was created, they are the restored process and report what they find.
@@ -281,26 +282,37 @@ fn kernel_read_byte(i: usize) -> u8 {
 }
 
 /// Reads the whole of `path` into `buf` with plain `read(2)` calls, as an unmodified program
-/// would; the errno of a failed call (EFAULT if the kernel could not write the buffer).
-fn read_into(path: &str, buf: &mut [u8]) -> Result<(), i32> {
+/// would: the C library's `read`, or std's `File::read` (which calls it) when `std_io`. The
+/// errno of a failed call (EFAULT if the kernel could not write the buffer).
+fn read_into(path: &str, buf: &mut [u8], std_io: bool) -> Result<(), i32> {
+    use std::io::Read;
     use std::os::fd::AsRawFd;
-    let f = std::fs::File::open(path).map_err(|e| e.raw_os_error().unwrap_or(0))?;
+    let mut f = std::fs::File::open(path).map_err(|e| e.raw_os_error().unwrap_or(0))?;
     let mut done = 0;
     while done < buf.len() {
-        // SAFETY: the destination is the unread tail of `buf`, valid for writes of its length.
-        let n = unsafe {
-            libc::read(
-                f.as_raw_fd(),
-                buf[done..].as_mut_ptr().cast(),
-                buf.len() - done,
-            )
+        let n = if std_io {
+            f.read(&mut buf[done..])
+                .map_err(|e| e.raw_os_error().unwrap_or(0))?
+        } else {
+            // SAFETY: the destination is the unread tail of `buf`, valid for writes of its
+            // length.
+            let n = unsafe {
+                libc::read(
+                    f.as_raw_fd(),
+                    buf[done..].as_mut_ptr().cast(),
+                    buf.len() - done,
+                )
+            };
+            if n < 0 {
+                // SAFETY: reading this thread's errno right after the failed call.
+                return Err(unsafe { *libc::__errno_location() });
+            }
+            n as usize
         };
-        match n {
-            n if n > 0 => done += n as usize,
-            0 => return Err(0),
-            // SAFETY: reading this thread's errno right after the failed call.
-            _ => return Err(unsafe { *libc::__errno_location() }),
+        if n == 0 {
+            return Err(0);
         }
+        done += n;
     }
     Ok(())
 }
@@ -330,8 +342,11 @@ fn kernel_read(marker: &str) {
     if !std::path::Path::new(marker).exists() {
         let bytes: Vec<u8> = (0..len).map(kernel_read_byte).collect();
         std::fs::write(&data, bytes).expect("write the data file");
-        for (what, buf) in [("mapped", &mut mapped[..]), ("heap", &mut heap[..])] {
-            if let Err(errno) = read_into(&data, buf) {
+        for (what, buf, std_io) in [
+            ("mapped", &mut mapped[..], false),
+            ("heap", &mut heap[..], true),
+        ] {
+            if let Err(errno) = read_into(&data, buf, std_io) {
                 println!("read(2) into the {what} buffer failed: errno {errno}");
                 exit(1);
             }

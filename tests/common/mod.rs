@@ -177,14 +177,22 @@ impl Program {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        // Every variable the library reads (config.rs, the tracker choice, fault points, the
+        // re-exec guard), so a developer's shell does not leak into a test.
         for k in [
             "CKPT_DIR",
             "CKPT_INTERVAL",
             "CKPT_POLICY",
+            "CKPT_TRACKER",
+            "CKPT_CHAIN_MAX",
+            "CKPT_CHAIN_SIZE",
+            "CKPT_BUSY",
+            "CKPT_BUFFER",
             "CKPT_KEEP",
             "CKPT_RESTORE",
             "CKPT_LOG",
             "CKPT_FAULT",
+            "CKPT_REEXECED",
             "LD_PRELOAD",
         ] {
             c.env_remove(k);

@@ -25,13 +25,24 @@
 //! - `UffdAsync`: works transparently. The kernel's own access to a write-protected page takes
 //!   the same asynchronous resolution as a user write, so the page is written and reported.
 //! - `Mprotect`: the kernel does not raise `SIGSEGV` for its own accesses; the system call fails
-//!   with `EFAULT` and nothing is written. This is not transparent: code that lets the kernel
-//!   write into tracked memory calls [`DirtyTracker::prepare_kernel_write`] on the buffer first,
-//!   which marks its pages dirty and unprotects them (cheap, async-signal-safe, a no-op under
-//!   `UffdAsync`). [`DirtyTracker::kernel_writes_transparent`] says which case applies. What is
-//!   *not* handled: an unmodified application's own `read(2)` into a tracked buffer under
-//!   `Mprotect` still fails with `EFAULT`; making that transparent would need every
-//!   buffer-writing system call intercepted (a `SIGSYS` seccomp trap or symbol interposition).
+//!   with `EFAULT` and nothing is written. Two remedies:
+//!   - The program's own calls: `ckpt` replaces the C library's `read`, `pread`, `readv`,
+//!     `preadv`, `preadv2`, `recv`, `recvfrom`, `recvmsg`, `recvmmsg`, `getrandom` (and the
+//!     64-bit and `_FORTIFY_SOURCE` variants) for the whole program (`sys::interpose`): while
+//!     this tracker exists they run the system call through [`kernel_write`], which marks the
+//!     destination's tracked pages written and unprotects them first, and retries if a
+//!     checkpoint protected them again before or during the call (a blocking `read` restarted
+//!     after the checkpoint signal). Without a tracker they cost one atomic load. Not covered:
+//!     raw `syscall(SYS_read, ...)`, the C library's internal reads (stdio's `fread`, `fgets`,
+//!     `fscanf`...; `readdir`), asynchronous I/O (io_uring, AIO), and calls that fill small
+//!     results (`stat`, `poll`, `getdents64`, ...), usually on the stack, which this tracker does
+//!     not track (`sys::interpose` lists them).
+//!   - The library's own calls: code that lets the kernel write into tracked memory calls
+//!     [`DirtyTracker::prepare_kernel_write`] on the buffer first, which marks its pages dirty
+//!     and unprotects them (cheap, async-signal-safe, a no-op under `UffdAsync`), or issues the
+//!     call through [`kernel_write`]. [`DirtyTracker::kernel_writes_transparent`] says which
+//!     case applies.
+//!
 //!   Prefer `UffdAsync`, which [`best_available`] does.
 //!
 //! # Contract for callers
@@ -71,7 +82,8 @@ use super::syscall::Errno;
 mod mprotect;
 mod uffd;
 
-pub use mprotect::{Mprotect, before_remap};
+pub(crate) use mprotect::remap;
+pub use mprotect::{Mprotect, before_kernel_write, kernel_write};
 pub use uffd::UffdAsync;
 
 /// The environment variable that forces a tracker.

@@ -10,8 +10,10 @@
 //! protected run splits the VMA, so a scattered dirty set can reach `vm.max_map_count`, after
 //! which the handler counts the whole range as written and unprotects it in one piece (counted
 //! by [`Mprotect::overflows`]; the next harvest reports the whole range and protects it again); the
-//! kernel's own writes into a protected page fail with `EFAULT` (see the parent module:
-//! [`DirtyTracker::prepare_kernel_write`]); the `[stack]` must not be tracked unless signals are
+//! kernel's own writes into a protected page fail with `EFAULT`, so the system calls that write
+//! into a caller's buffer go through [`kernel_write`] (the C library's `read` family, replaced
+//! by `sys::interpose`; the library's own calls use [`DirtyTracker::prepare_kernel_write`]; see
+//! the parent module for what is not covered); the `[stack]` must not be tracked unless signals are
 //! delivered on an alternate stack outside tracked memory (the kernel cannot push the signal
 //! frame onto a read-only stack); a later `SIGSEGV` handler that does not chain to ours breaks
 //! tracking.
@@ -22,7 +24,12 @@
 //! release stores and read with acquire loads, and bitmaps in mappings the tracker owns. Only one
 //! tracker exists at a time (`ACTIVE`), the process is single-threaded (the library's premise),
 //! and a slot is retired (length 0) before its bitmap is unmapped, so the handler never reads a
-//! freed bitmap. The handler uses only atomics and raw system calls. The previous `SIGSEGV`
+//! freed bitmap. [`kernel_write`] (the `read` wrappers) runs on whichever thread calls it and
+//! relies on the same premise: ranges are tracked, harvested and untracked only while the
+//! process has one thread (a checkpoint refuses a second one), so no slot changes under it; a
+//! harvest that protects its buffer again between its preparation and its system call (the
+//! checkpoint signal on the same thread) makes the call fail with `EFAULT`, and it retries. The
+//! handler and `kernel_write` use only atomics and raw system calls. The previous `SIGSEGV`
 //! disposition is saved before ours is installed and the handler chains to it for faults that
 //! are not ours.
 #![allow(unsafe_code)]
@@ -73,6 +80,11 @@ impl Slot {
 static SLOTS: [Slot; MAX_RANGES] = [const { Slot::new() }; MAX_RANGES];
 /// A tracker exists.
 static ACTIVE: AtomicBool = AtomicBool::new(false);
+/// What the wrappers of system calls that write into memory read, in one load: bit 0 says a
+/// tracker exists; the rest counts the times tracked pages were made read-only (or a tracker came
+/// or went), so a call that failed with `EFAULT` can tell whether its buffer may have been
+/// protected again after it was prepared (see `retrying`).
+static PROTECTIONS: AtomicUsize = AtomicUsize::new(0);
 /// Our handler is installed (it stays installed: unhooking could break a handler installed
 /// after ours that chains to us).
 static INSTALLED: AtomicBool = AtomicBool::new(false);
@@ -117,27 +129,10 @@ extern "C" fn on_segv(sig: i32, info: *mut libc::siginfo_t, ctx: *mut libc::c_vo
     {
         // A write to a page we protected (tracked ranges are read-write by contract).
         let page = addr & !(PAGE - 1);
-        let index = (page - start) / PAGE;
-        // SAFETY: the slot is live and `index` is inside its range.
-        unsafe { word(bits, index) }.fetch_or(1 << (index % 64), Ordering::Relaxed);
-        // SAFETY: the page is tracked memory whose contract is read-write.
-        match unsafe { syscall::mprotect(page, PAGE, RW) } {
-            Ok(()) => return,
-            // Unprotecting one page splits the VMA; with scattered writes the process reaches
-            // vm.max_map_count. Degrade, visibly (`Mprotect::overflows`): the whole range
-            // counts as written and is unprotected in one piece, which merges its VMAs back.
-            Err(Errno(libc::ENOMEM)) => {
-                OVERFLOWS.fetch_add(1, Ordering::Relaxed);
-                for i in (0..len / PAGE).step_by(64) {
-                    // SAFETY: the slot is live and `i` is inside its range.
-                    unsafe { word(bits, i) }.store(u64::MAX, Ordering::Relaxed);
-                }
-                // SAFETY: as above, for the whole tracked range.
-                if unsafe { syscall::mprotect(start, len, RW) }.is_ok() {
-                    return;
-                }
-            }
-            Err(_) => {}
+        // SAFETY: the slot is live and `page` is inside its range.
+        unsafe { set_bits(bits, (page - start) / PAGE, (page - start) / PAGE + 1) };
+        if unprotect_in(start, len, bits, page, page + PAGE) {
+            return;
         }
         fatal(b"ckpt: mprotect dirty tracker: cannot unprotect a written page\n");
     }
@@ -203,14 +198,160 @@ fn unprotect_moved(addr: usize) -> bool {
     unsafe { syscall::mprotect(start, end - start, RW) }.is_ok()
 }
 
+/// Sets the bits of pages `[first, last)` of a bitmap, a word at a time; whether any was clear.
+///
+/// # Safety
+/// `bits` must be the bitmap of a live slot and `[first, last)` pages of its range.
+unsafe fn set_bits(bits: usize, first: usize, last: usize) -> bool {
+    let mut fresh = false;
+    let mut p = first;
+    while p < last {
+        let bit = p % 64;
+        let n = (64 - bit).min(last - p);
+        let mask = if n == 64 {
+            u64::MAX
+        } else {
+            ((1u64 << n) - 1) << bit
+        };
+        // SAFETY: the caller's bitmap covers page `p`.
+        let old = unsafe { word(bits, p) }.fetch_or(mask, Ordering::Relaxed);
+        fresh |= old & mask != mask;
+        p += n;
+    }
+    fresh
+}
+
+/// Makes `[a, b)`, pages of the tracked range `[start, start + len)` already marked written,
+/// writable. When that would split the range's mappings beyond `vm.max_map_count`, degrades
+/// visibly ([`Mprotect::overflows`]): the whole range counts as written and is made writable in
+/// one piece, which merges its mappings back. Whether the pages are writable.
+fn unprotect_in(start: usize, len: usize, bits: usize, a: usize, b: usize) -> bool {
+    // SAFETY: tracked memory, whose contract is read-write.
+    match unsafe { syscall::mprotect(a, b - a, RW) } {
+        Ok(()) => true,
+        Err(Errno(libc::ENOMEM)) => {
+            OVERFLOWS.fetch_add(1, Ordering::Relaxed);
+            // SAFETY: the slot is live; these are all its pages.
+            unsafe { set_bits(bits, 0, len / PAGE) };
+            // SAFETY: as above, for the whole tracked range.
+            unsafe { syscall::mprotect(start, len, RW) }.is_ok()
+        }
+        Err(_) => false,
+    }
+}
+
+/// Tracked pages may be made read-only from now: wrappers whose call fails with `EFAULT` retry.
+/// Called before the pages are protected, so a call that finds them protected sees the change.
+fn protecting() {
+    PROTECTIONS.fetch_add(2, Ordering::AcqRel);
+}
+
 /// Prepares `[start, start + len)` for the program's own `mremap`: tracked pages in it count
 /// as written and become writable, so the range is one mapping again (the kernel refuses to
 /// remap across mappings of different protections) and nothing read-only moves away.
-pub fn before_remap(start: usize, len: usize) {
-    if !ACTIVE.load(Ordering::Acquire) {
+fn remap_prepare(start: usize, len: usize) {
+    let _ = mark_written(start, len, |a, n| protect_mapped(a, n, RW));
+}
+
+/// Prepares `[addr, addr + len)` for a write by the kernel (a system call's output buffer):
+/// its tracked pages count as written and become writable. Async-signal-safe; one atomic load
+/// when no tracker exists. A signal handler that runs between this and the system call can
+/// protect the pages again (a checkpoint harvests): prefer [`kernel_write`], which retries.
+pub fn before_kernel_write(addr: usize, len: usize) {
+    if PROTECTIONS.load(Ordering::Acquire) & 1 != 0 {
+        kernel_write_prepare(addr, len, true);
+    }
+}
+
+/// Marks and unprotects one output buffer. Without `force`, pages already marked are taken to be
+/// writable (every path that sets a bit unprotects the page, and protecting clears it), which
+/// spares the `mprotect` when a buffer is filled again before the next harvest.
+fn kernel_write_prepare(addr: usize, len: usize, force: bool) {
+    if len == 0 {
         return;
     }
-    let _ = mark_written(start, len, |a, n| protect_mapped(a, n, RW));
+    let (lo, hi) = super::page_span(addr, addr.saturating_add(len));
+    for (rs, rl, bits) in SLOTS.iter().filter_map(Slot::get) {
+        let (a, b) = (lo.max(rs), hi.min(rs + rl));
+        if a >= b {
+            continue;
+        }
+        // SAFETY: the slot is live and these pages are inside its range.
+        let fresh = unsafe { set_bits(bits, (a - rs) / PAGE, (b - rs) / PAGE) };
+        if fresh || force {
+            // A failure leaves the pages read-only: the call fails with EFAULT, as it would
+            // have without us.
+            unprotect_in(rs, rl, bits, a, b);
+        }
+    }
+}
+
+/// Runs `call`, a system call through which the kernel writes into the buffers `buffers`
+/// lists (it calls its argument with each `(addr, len)`), so that it works on memory this
+/// tracker protects: the buffers' tracked pages count as written and are made writable first.
+///
+/// A checkpoint signal can arrive after that and before or during the call (a blocking `read`
+/// is restarted after the handler), and its harvest protects the pages again: the kernel's
+/// write then fails with `EFAULT` having consumed nothing (files, pipes, stream sockets,
+/// terminals copy before they consume). So on `EFAULT`, if tracked pages were protected since
+/// the buffers were prepared, they are prepared again and the call is retried; if not, the
+/// buffers are prepared once more without trusting the bitmap, and retried once; then the
+/// `EFAULT` is the caller's (a bad pointer). When no tracker exists: one atomic load, the call.
+/// Async-signal-safe.
+pub fn kernel_write(
+    buffers: impl Fn(&mut dyn FnMut(usize, usize)),
+    call: impl FnMut() -> syscall::SysResult,
+) -> syscall::SysResult {
+    retrying(
+        |force| buffers(&mut |a, n| kernel_write_prepare(a, n, force)),
+        call,
+    )
+}
+
+/// Runs `call`, the program's own `mremap` of `[start, start + len)`, after the tracked pages
+/// in that range were marked written and made writable: the kernel refuses to remap across
+/// mappings of different protections, which this tracker's page-by-page protection creates,
+/// and nothing read-only must move away. Retries on `EFAULT` as [`kernel_write`] does (a range
+/// protected again before the call fails that way too).
+pub(crate) fn remap(
+    start: usize,
+    len: usize,
+    call: impl FnMut() -> syscall::SysResult,
+) -> syscall::SysResult {
+    // Always unprotected (rare, and a range read-only by mistake would move away read-only).
+    retrying(|_| remap_prepare(start, len), call)
+}
+
+/// Calls `prepare(force)` when a tracker exists, then `call`, retrying on `EFAULT` as
+/// [`kernel_write`] says.
+fn retrying(
+    mut prepare: impl FnMut(bool),
+    mut call: impl FnMut() -> syscall::SysResult,
+) -> syscall::SysResult {
+    /// Retries at most: each one but the forced one needs a checkpoint in between.
+    const MAX_RETRIES: usize = 8;
+    let mut seen = PROTECTIONS.load(Ordering::Acquire);
+    if seen & 1 != 0 {
+        prepare(false);
+    }
+    let mut forced = false;
+    for _ in 0..MAX_RETRIES {
+        let r = call();
+        if r != Err(Errno(libc::EFAULT)) {
+            return r;
+        }
+        let now = PROTECTIONS.load(Ordering::Acquire);
+        let changed = now != seen;
+        if !changed && (forced || now & 1 == 0) {
+            return r;
+        }
+        forced = !changed;
+        seen = now;
+        if now & 1 != 0 {
+            prepare(forced);
+        }
+    }
+    call()
 }
 
 /// Marks the tracked pages of `[start, start + len)` (widened to whole pages) as written, then
@@ -227,10 +368,8 @@ fn mark_written(
         if a >= b {
             continue;
         }
-        for p in (a - rs) / PAGE..(b - rs) / PAGE {
-            // SAFETY: the slot is live and `p` is inside its range.
-            unsafe { word(bits, p) }.fetch_or(1 << (p % 64), Ordering::Relaxed);
-        }
+        // SAFETY: the slot is live and these pages are inside its range.
+        unsafe { set_bits(bits, (a - rs) / PAGE, (b - rs) / PAGE) };
         unprotect(a, b - a)?;
     }
     Ok(())
@@ -333,6 +472,8 @@ impl Mprotect {
             ACTIVE.store(false, Ordering::Release);
             return Err(e);
         }
+        // Bit 0 goes from 0 to 1 (`PROTECTIONS`).
+        PROTECTIONS.fetch_add(1, Ordering::AcqRel);
         Ok(Mprotect {
             bitmaps: (0..MAX_RANGES).map(|_| None).collect(),
         })
@@ -346,6 +487,9 @@ impl Mprotect {
     }
 
     fn mprotect(op: &'static str, start: usize, len: usize, prot: i32) -> Result<(), DirtyError> {
+        if prot & libc::PROT_WRITE == 0 {
+            protecting();
+        }
         // SAFETY: only tracked ranges reach here: read-write memory by contract, made read-only
         // while tracked, whose writes our handler resolves.
         unsafe { syscall::mprotect(start, len, prot) }.map_err(|errno| DirtyError::Sys {
@@ -593,6 +737,8 @@ fn protect_mapped(start: usize, len: usize, prot: i32) -> Result<(), DirtyError>
 impl Drop for Mprotect {
     fn drop(&mut self) {
         self.untrack_all();
+        // Bit 0 goes from 1 to 0 and the count moves on (`PROTECTIONS`).
+        PROTECTIONS.fetch_add(1, Ordering::AcqRel);
         ACTIVE.store(false, Ordering::Release);
     }
 }

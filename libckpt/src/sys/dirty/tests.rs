@@ -587,3 +587,370 @@ fn mprotect_survives_map_count_limit() {
         assert_eq!(harvest_pages(&mut t, base, 0, pages), [(5, 6)]);
     });
 }
+
+/// A pipe holding `data`: `(read end, write end)`.
+fn pipe_with(data: &[u8]) -> (i32, i32) {
+    let mut fds = [0i32; 2];
+    // SAFETY: pipe2 writes two descriptors into `fds`.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    if !data.is_empty() {
+        assert_eq!(syscall::write(fds[1], data), Ok(data.len()));
+    }
+    (fds[0], fds[1])
+}
+
+/// The C library's way to say how a call ended: its count, or `-errno`.
+fn c_result(n: isize) -> isize {
+    if n < 0 {
+        // SAFETY: this thread's errno, right after the failed call.
+        -(unsafe { *libc::__errno_location() } as isize)
+    } else {
+        n
+    }
+}
+
+/// The bytes at `base + page * PAGE + off`.
+fn bytes_at<'a>(base: usize, page: usize, off: usize, len: usize) -> &'a [u8] {
+    // SAFETY: callers name bytes of a mapping they own and do not write meanwhile.
+    unsafe { core::slice::from_raw_parts((base + page * PAGE + off) as *const u8, len) }
+}
+
+/// The program's own calls through which the kernel writes into tracked memory, made through
+/// the C library's names as an unmodified program makes them: `read`, `pread`, `readv`,
+/// `preadv`, `recv`, `recvfrom`, `recvmsg`, `getrandom`, and std's `File::read`. Under `mprotect` they work only
+/// because this test binary's `libc::read` and friends are `sys::interpose`'s (the executable's
+/// own definition wins at link time); the first assertion checks that.
+fn kernel_writes_through_libc(kind: TrackerKind) {
+    // The linker bound the C library's names to the wrappers: same address.
+    use crate::sys::interpose;
+    assert_eq!(
+        libc::read as *const () as usize,
+        interpose::read as *const () as usize,
+        "read"
+    );
+    assert_eq!(
+        libc::pread as *const () as usize,
+        interpose::pread as *const () as usize,
+        "pread"
+    );
+    assert_eq!(
+        libc::readv as *const () as usize,
+        interpose::readv as *const () as usize,
+        "readv"
+    );
+    assert_eq!(
+        libc::recvmsg as *const () as usize,
+        interpose::recvmsg as *const () as usize,
+        "recvmsg"
+    );
+    let Some(mut t) = open_or_skip(kind) else {
+        return;
+    };
+    let m = Mapping::anonymous(32 * PAGE).expect("mmap");
+    let base = m.addr();
+    poke(base, 2, 1);
+    t.track(base, 32 * PAGE).expect("track");
+    let data: Vec<u8> = (0..3 * PAGE).map(|i| (i * 7 % 251) as u8).collect();
+
+    // read(2) across three pages, the first populated before, the others never touched.
+    let (r, w) = pipe_with(&data[..2 * PAGE + 200]);
+    let dst = base + 2 * PAGE + 100;
+    // SAFETY: `dst` is 2 * PAGE + 200 bytes of the mapping.
+    let n = unsafe { libc::read(r, dst as *mut libc::c_void, 2 * PAGE + 200) };
+    assert_eq!(c_result(n), 2 * PAGE as isize + 200, "read");
+    assert_eq!(
+        bytes_at(base, 2, 100, 2 * PAGE + 200),
+        &data[..2 * PAGE + 200]
+    );
+    assert_eq!(harvest_pages(&mut *t, base, 0, 32), [(2, 5)]);
+    // Again into the same pages, now clean and protected once more.
+    assert_eq!(syscall::write(w, &data[..50]), Ok(50));
+    // SAFETY: as above.
+    let n = unsafe { libc::read(r, (base + 3 * PAGE) as *mut libc::c_void, 50) };
+    assert_eq!(c_result(n), 50, "read again");
+    assert_eq!(harvest_pages(&mut *t, base, 0, 32), [(3, 4)]);
+
+    // readv(2) into two buffers on separate pages.
+    assert_eq!(syscall::write(w, &data[..300]), Ok(300));
+    let iov = [
+        libc::iovec {
+            iov_base: (base + 7 * PAGE) as *mut libc::c_void,
+            iov_len: 100,
+        },
+        libc::iovec {
+            iov_base: (base + 9 * PAGE + 10) as *mut libc::c_void,
+            iov_len: 200,
+        },
+    ];
+    // SAFETY: both buffers are inside the mapping.
+    let n = unsafe { libc::readv(r, iov.as_ptr(), 2) };
+    assert_eq!(c_result(n), 300, "readv");
+    assert_eq!(bytes_at(base, 7, 0, 100), &data[..100]);
+    assert_eq!(bytes_at(base, 9, 10, 200), &data[100..300]);
+    assert_eq!(harvest_pages(&mut *t, base, 0, 32), [(7, 8), (9, 10)]);
+    let _ = syscall::close(r);
+    let _ = syscall::close(w);
+
+    // pread(2) and preadv(2) from a file.
+    let path = std::env::temp_dir().join(format!("ckpt-kw-{}", std::process::id()));
+    std::fs::write(&path, &data).expect("write the data file");
+    let f = std::fs::File::open(&path).expect("open the data file");
+    let _ = std::fs::remove_file(&path);
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&f);
+    // SAFETY: 1000 bytes of the mapping.
+    let n = unsafe { libc::pread(fd, (base + 11 * PAGE) as *mut libc::c_void, 1000, 5) };
+    assert_eq!(c_result(n), 1000, "pread");
+    assert_eq!(bytes_at(base, 11, 0, 1000), &data[5..1005]);
+    let iov = [libc::iovec {
+        iov_base: (base + 12 * PAGE + 4000) as *mut libc::c_void,
+        iov_len: 200,
+    }];
+    // SAFETY: 200 bytes of the mapping, across pages 12 and 13.
+    let n = unsafe { libc::preadv(fd, iov.as_ptr(), 1, 7) };
+    assert_eq!(c_result(n), 200, "preadv");
+    assert_eq!(bytes_at(base, 12, 4000, 200), &data[7..207]);
+    // std's `File::read` calls the C library's `read`, so the wrapper.
+    // SAFETY: 300 bytes of the mapping, borrowed by nothing else.
+    let dst = unsafe { core::slice::from_raw_parts_mut((base + 29 * PAGE) as *mut u8, 300) };
+    let n = std::io::Read::read(&mut &f, dst).expect("File::read");
+    assert_eq!(n, 300, "File::read");
+    assert_eq!(bytes_at(base, 29, 0, 300), &data[..300]);
+    assert_eq!(harvest_pages(&mut *t, base, 0, 32), [(11, 14), (29, 30)]);
+    drop(f);
+
+    // recv, recvfrom and recvmsg from a datagram socket pair; recvmsg's header itself is in
+    // tracked memory too (the kernel writes its lengths and flags).
+    let mut sv = [0i32; 2];
+    // SAFETY: socketpair writes two descriptors into `sv`.
+    let ok = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+            0,
+            sv.as_mut_ptr(),
+        )
+    };
+    assert_eq!(ok, 0);
+    for k in 0..3 {
+        assert_eq!(syscall::write(sv[1], &data[k * 10..k * 10 + 100]), Ok(100));
+    }
+    // SAFETY: 100 bytes of the mapping.
+    let n = unsafe { libc::recv(sv[0], (base + 15 * PAGE) as *mut libc::c_void, 100, 0) };
+    assert_eq!(c_result(n), 100, "recv");
+    assert_eq!(bytes_at(base, 15, 0, 100), &data[..100]);
+    let addrlen = (base + 17 * PAGE + 8) as *mut libc::socklen_t;
+    // SAFETY: the length and the address live in the mapping (page 17). (An unnamed socket's
+    // address is empty: the kernel writes only the length.)
+    unsafe { addrlen.write_volatile(core::mem::size_of::<libc::sockaddr_un>() as u32) };
+    // SAFETY: buffer, address and length all inside the mapping.
+    let n = unsafe {
+        libc::recvfrom(
+            sv[0],
+            (base + 16 * PAGE) as *mut libc::c_void,
+            100,
+            0,
+            (base + 17 * PAGE + 64) as *mut libc::sockaddr,
+            addrlen,
+        )
+    };
+    assert_eq!(c_result(n), 100, "recvfrom");
+    assert_eq!(bytes_at(base, 16, 0, 100), &data[10..110]);
+    let msg = (base + 20 * PAGE) as *mut libc::msghdr;
+    let iov = (base + 20 * PAGE + 512) as *mut libc::iovec;
+    // SAFETY: header and iovec in the mapping (page 20); the data goes to page 22.
+    unsafe {
+        iov.write_volatile(libc::iovec {
+            iov_base: (base + 22 * PAGE) as *mut libc::c_void,
+            iov_len: 100,
+        });
+        let mut h: libc::msghdr = core::mem::zeroed();
+        h.msg_iov = iov;
+        h.msg_iovlen = 1;
+        h.msg_flags = -1;
+        msg.write_volatile(h);
+    }
+    assert_eq!(harvest_pages(&mut *t, base, 0, 32), [(15, 18), (20, 21)]);
+    // SAFETY: as above.
+    let n = unsafe { libc::recvmsg(sv[0], msg, 0) };
+    assert_eq!(c_result(n), 100, "recvmsg");
+    assert_eq!(bytes_at(base, 22, 0, 100), &data[20..120]);
+    // SAFETY: the header the kernel just filled.
+    let flags = unsafe { (*msg).msg_flags };
+    assert_eq!(flags, 0, "the kernel wrote the header");
+    assert_eq!(harvest_pages(&mut *t, base, 0, 32), [(20, 21), (22, 23)]);
+    let _ = syscall::close(sv[0]);
+    let _ = syscall::close(sv[1]);
+
+    // getrandom(2).
+    // SAFETY: 64 bytes of the mapping.
+    let n = unsafe { libc::getrandom((base + 25 * PAGE) as *mut libc::c_void, 64, 0) };
+    assert_eq!(c_result(n), 64, "getrandom");
+    assert_eq!(harvest_pages(&mut *t, base, 0, 32), [(25, 26)]);
+
+    // A bad pointer still fails the C way, and nothing is reported.
+    let (r, w) = pipe_with(b"x");
+    // SAFETY: the kernel checks the address; nothing is mapped at 8.
+    let n = unsafe { libc::read(r, 8 as *mut libc::c_void, 1) };
+    assert_eq!(c_result(n), -(libc::EFAULT as isize), "bad pointer");
+    let _ = syscall::close(r);
+    let _ = syscall::close(w);
+    assert_eq!(harvest_pages(&mut *t, base, 0, 32), []);
+
+    if kind == TrackerKind::Mprotect {
+        // The bitmap says written, the page is read-only (an mprotect that failed halfway, or
+        // a handler that protected it between the two): the wrapper does not trust the bitmap
+        // after an EFAULT and prepares the buffer again.
+        poke(base, 27, 1);
+        // SAFETY: a page of the mapping, tracked, made read-only behind the tracker's back.
+        unsafe { syscall::mprotect(base + 27 * PAGE, PAGE, libc::PROT_READ) }.expect("mprotect");
+        let (r, w) = pipe_with(&data[..10]);
+        // SAFETY: 10 bytes of the mapping.
+        let n = unsafe { libc::read(r, (base + 27 * PAGE) as *mut libc::c_void, 10) };
+        assert_eq!(
+            c_result(n),
+            10,
+            "read into a page the bitmap calls writable"
+        );
+        assert_eq!(bytes_at(base, 27, 0, 10), &data[..10]);
+        let _ = syscall::close(r);
+        let _ = syscall::close(w);
+        assert_eq!(harvest_pages(&mut *t, base, 0, 32), [(27, 28)]);
+    }
+}
+
+#[test]
+fn uffd_async_kernel_writes_through_libc() {
+    in_child("uffd_async_kernel_writes_through_libc", || {
+        kernel_writes_through_libc(TrackerKind::UffdAsync)
+    });
+}
+
+#[test]
+fn mprotect_kernel_writes_through_libc() {
+    in_child("mprotect_kernel_writes_through_libc", || {
+        kernel_writes_through_libc(TrackerKind::Mprotect)
+    });
+}
+
+/// What the `SIGALRM` handler below harvests: the tracker, the range and what it saw.
+static ALARM_TRACKER: core::sync::atomic::AtomicPtr<Box<dyn DirtyTracker>> =
+    core::sync::atomic::AtomicPtr::new(core::ptr::null_mut());
+static ALARM_BASE: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
+/// Pages the handler's harvest reported, one bit each (of the first 64).
+static ALARM_PAGES: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+static ALARM_RUNS: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
+/// The handler has run.
+static ALARM_DONE: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn harvest_on_alarm(_: i32) {
+    use core::sync::atomic::Ordering::Relaxed;
+    let base = ALARM_BASE.load(Relaxed);
+    // SAFETY: the test stored a pointer to its live tracker and does not use it until the
+    // alarm was handled.
+    let t = unsafe { &mut *ALARM_TRACKER.load(Relaxed) };
+    let _ = t.harvest(base, base + 64 * PAGE, &mut |s, e| {
+        ALARM_RUNS.fetch_add(1, Relaxed);
+        for p in (s - base) / PAGE..(e - base) / PAGE {
+            ALARM_PAGES.fetch_or(1 << p, Relaxed);
+        }
+    });
+    ALARM_DONE.store(true, core::sync::atomic::Ordering::Release);
+}
+
+/// A checkpoint (here: a harvest in a `SA_RESTART` signal handler, as the checkpoint signal
+/// does) while the program is blocked in `read(2)` into tracked memory: the harvest reports the
+/// buffer's pages (prepared for the kernel's write, so written) and protects them again, the
+/// kernel restarts the read, and the data arrives afterwards. The read must still succeed and
+/// the pages be reported again by the next harvest.
+fn kernel_read_across_harvest(kind: TrackerKind) {
+    use core::sync::atomic::Ordering::Relaxed;
+    let Some(mut t) = open_or_skip(kind) else {
+        return;
+    };
+    let m = Mapping::anonymous(64 * PAGE).expect("mmap");
+    let base = m.addr();
+    t.track(base, 64 * PAGE).expect("track");
+    ALARM_BASE.store(base, Relaxed);
+    ALARM_TRACKER.store(&mut t, Relaxed);
+    // SAFETY: an all-zero sigaction is valid plain data.
+    let mut act: libc::sigaction = unsafe { core::mem::zeroed() };
+    act.sa_sigaction = harvest_on_alarm as *const () as usize;
+    act.sa_flags = libc::SA_RESTART;
+    // SAFETY: a handler that only harvests into statics; SA_RESTART as the checkpoint signal.
+    let ok = unsafe { libc::sigaction(libc::SIGALRM, &act, core::ptr::null_mut()) };
+    assert_eq!(ok, 0);
+    let (r, w) = pipe_with(&[]);
+    // The writer thread must not take the alarm: it starts with SIGALRM blocked.
+    // SAFETY: an all-zero sigset_t is valid plain data.
+    let mut set: libc::sigset_t = unsafe { core::mem::zeroed() };
+    // SAFETY: sigset operations on a local set; the mask of this thread only.
+    unsafe {
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGALRM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, core::ptr::null_mut());
+    }
+    let writer = std::thread::spawn(move || {
+        // After the harvest, while the reader is still blocked.
+        let give_up = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !ALARM_DONE.load(core::sync::atomic::Ordering::Acquire)
+            && std::time::Instant::now() < give_up
+        {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert_eq!(syscall::write(w, b"late data"), Ok(9));
+        let _ = syscall::close(w);
+    });
+    // SAFETY: as above.
+    unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, core::ptr::null_mut()) };
+    let timer = libc::itimerval {
+        it_interval: libc::timeval {
+            tv_sec: 0,
+            tv_usec: 0,
+        },
+        it_value: libc::timeval {
+            tv_sec: 0,
+            tv_usec: 100_000,
+        },
+    };
+    // SAFETY: a one-shot timer; the old value is not wanted.
+    let ok = unsafe { libc::setitimer(libc::ITIMER_REAL, &timer, core::ptr::null_mut()) };
+    assert_eq!(ok, 0);
+    let dst = base + 5 * PAGE + 10;
+    // SAFETY: 9 bytes of the mapping; blocks until the writer writes (after the alarm).
+    let n = unsafe { libc::read(r, dst as *mut libc::c_void, 9) };
+    writer.join().expect("writer");
+    ALARM_TRACKER.store(core::ptr::null_mut(), Relaxed);
+    let _ = syscall::close(r);
+    assert_eq!(c_result(n), 9, "read across a harvest");
+    assert_eq!(bytes_at(base, 5, 10, 9), b"late data");
+    assert!(ALARM_DONE.load(Relaxed), "the alarm was handled");
+    if kind == TrackerKind::Mprotect {
+        // The wrapper marked the page written before blocking: the handler's harvest saw it.
+        assert_eq!(
+            ALARM_PAGES.load(Relaxed),
+            1 << 5,
+            "the harvest in the handler"
+        );
+    }
+    assert!(ALARM_RUNS.load(Relaxed) <= 1);
+    assert_eq!(
+        harvest_pages(&mut *t, base, 0, 64),
+        [(5, 6)],
+        "after the read"
+    );
+}
+
+#[test]
+fn uffd_async_kernel_read_across_harvest() {
+    in_child("uffd_async_kernel_read_across_harvest", || {
+        kernel_read_across_harvest(TrackerKind::UffdAsync)
+    });
+}
+
+#[test]
+fn mprotect_kernel_read_across_harvest() {
+    in_child("mprotect_kernel_read_across_harvest", || {
+        kernel_read_across_harvest(TrackerKind::Mprotect)
+    });
+}
