@@ -15,8 +15,10 @@
 //! by `sys::interpose`; the library's own calls use [`DirtyTracker::prepare_kernel_write`]; see
 //! the parent module for what is not covered); the `[stack]` must not be tracked unless signals are
 //! delivered on an alternate stack outside tracked memory (the kernel cannot push the signal
-//! frame onto a read-only stack); a later `SIGSEGV` handler that does not chain to ours breaks
-//! tracking.
+//! frame onto a read-only stack); a `SIGSEGV` handler the program installs is taken
+//! over the next time a range is tracked (ours goes first again and chains to it: gfortran's
+//! runtime installs one at startup), but one installed between two checkpoints receives the
+//! tracked writes until then and breaks tracking.
 //!
 //! # Safety
 //!
@@ -85,9 +87,6 @@ static ACTIVE: AtomicBool = AtomicBool::new(false);
 /// or went), so a call that failed with `EFAULT` can tell whether its buffer may have been
 /// protected again after it was prepared (see `retrying`).
 static PROTECTIONS: AtomicUsize = AtomicUsize::new(0);
-/// Our handler is installed (it stays installed: unhooking could break a handler installed
-/// after ours that chains to us).
-static INSTALLED: AtomicBool = AtomicBool::new(false);
 /// The `SIGSEGV` disposition before ours: handler address and `SA_*` flags.
 static PREV_HANDLER: AtomicUsize = AtomicUsize::new(libc::SIG_DFL);
 static PREV_FLAGS: AtomicUsize = AtomicUsize::new(0);
@@ -401,11 +400,8 @@ fn chain(sig: i32, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
     }
 }
 
-/// Installs the handler once per process, saving the previous disposition first.
+/// Installs the handler unless it is the current one, saving the current disposition first.
 fn install() -> Result<(), DirtyError> {
-    if INSTALLED.load(Ordering::Acquire) {
-        return Ok(());
-    }
     let err = |errno| DirtyError::Sys {
         tracker: NAME,
         op: "sigaction(SIGSEGV)",
@@ -419,6 +415,12 @@ fn install() -> Result<(), DirtyError> {
     if unsafe { libc::sigaction(libc::SIGSEGV, core::ptr::null(), &mut old) } != 0 {
         return Err(err(Errno(libc::EINVAL)));
     }
+    if old.sa_sigaction == on_segv as *const () as usize {
+        return Ok(());
+    }
+    // Ours was never installed, or the program installed its own since (gfortran's runtime
+    // does at startup, after the preloaded library's init): that one becomes the handler we
+    // chain to, and ours goes first again.
     PREV_HANDLER.store(old.sa_sigaction, Ordering::Relaxed);
     PREV_FLAGS.store(old.sa_flags as usize, Ordering::Release);
     // SAFETY: an all-zero sigaction is valid plain data.
@@ -448,7 +450,6 @@ fn install() -> Result<(), DirtyError> {
     if unsafe { libc::sigaction(libc::SIGSEGV, &act, core::ptr::null_mut()) } != 0 {
         return Err(err(Errno(libc::EINVAL)));
     }
-    INSTALLED.store(true, Ordering::Release);
     Ok(())
 }
 
@@ -519,6 +520,7 @@ impl DirtyTracker for Mprotect {
 
     fn track(&mut self, start: usize, len: usize) -> Result<(), DirtyError> {
         check_range(NAME, start, len)?;
+        install()?;
         let end = start + len;
         if SLOTS
             .iter()
