@@ -60,7 +60,8 @@ demo() {
   local got
   got=$(digest "$work/$name.out")
   grep -o 'restored generation [0-9]* ([0-9.]* MiB) in [0-9.]* ms' "$log" | sed 's/^/   /'
-  awk '/committed:/ { n++; mib += $5; ms += $10 } END { if (n) printf "   %d checkpoints, %.1f MiB each, %.1f ms each on average (%.0f MiB/s)\n", n, mib/n, ms/n, (mib/n)/(ms/n/1000) }' "$log"
+  sed -n 's/.*committed ([^)]*): \([0-9.]*\) MiB in [0-9]* runs, \([0-9.]*\) ms.*/\1 \2/p' "$log" |
+    awk '{ n++; mib += $1; ms += $2 } END { if (n) printf "   %d checkpoints, %.1f MiB each, %.1f ms each on average (%.0f MiB/s)\n", n, mib/n, ms/n, (mib/n)/(ms/n/1000) }'
   printf '   final run: %.1f s, digest %s\n' "$(awk "BEGIN { print $t1 - $t0 }")" "$got"
   if [ "$got" = "$want" ]; then
     echo "   OK: identical to the uninterrupted run"
