@@ -20,6 +20,7 @@ use crate::arena::{Arena, RUN_MAX, Tracked};
 use crate::dirty::{DirtyTracker, TrackerKind};
 use crate::error::{RawError, raw_err};
 use crate::image::*;
+use crate::remote::{Placement, Stream};
 use crate::runtime::Runtime;
 use crate::store;
 use crate::sys::arch::Context;
@@ -56,6 +57,8 @@ pub struct CaptureStats {
     pub spilled: bool,
     /// The process deleting the images this commit retired (0: none): the caller reaps it.
     pub deleter: i32,
+    /// Where the image went (a remote store says).
+    pub placement: Placement,
 }
 
 /// How one capture saves pages.
@@ -193,11 +196,21 @@ pub fn capture(
         plan_tracking(&mut t, tr, mode, n_tracked, &process);
     }
 
-    let mut tmp = store::name(generation, store::TMP);
-    let tmp_c = tmp.as_cstr().unwrap_or(b"\0");
-    // A stale file of this name is the leftover of a checkpoint killed mid-write.
-    let _ = syscall::unlinkat(rt.dir_fd, tmp_c);
-    let (fd, recycled) = open_image(rt, t.arena.dents, tmp_c, mode.parent == 0)?;
+    // A remote store: the image goes to a `ckpt-rmem put` helper, started by whoever writes the
+    // first byte (this thread, the forked writer, or the buffered writer).
+    let stream = rt
+        .remote
+        .as_ref()
+        .map(|r| Stream::new(&r.exec, generation, mode.parent));
+    let (fd, recycled) = if stream.is_some() {
+        (-1, false)
+    } else {
+        let mut tmp = store::name(generation, store::TMP);
+        let tmp_c = tmp.as_cstr().unwrap_or(b"\0");
+        // A stale file of this name is the leftover of a checkpoint killed mid-write.
+        let _ = syscall::unlinkat(rt.dir_fd, tmp_c);
+        open_image(rt, t.arena.dents, tmp_c, mode.parent == 0)?
+    };
     let pending = Pending {
         counts: t.counts(),
         process,
@@ -210,7 +223,7 @@ pub fn capture(
     let arena = t.arena;
     match writer {
         Writer::InPlace => {
-            let mut out = Out::file(fd, rt.pagemap_fd, rt.mem_fd);
+            let mut out = Out::file(fd, rt.pagemap_fd, rt.mem_fd, stream);
             let mut retired = store::Retired::default();
             let stats = write_and_commit(rt, arena, &pending, &mut out, &mut retired)?;
             Ok(Captured::Committed(CaptureStats {
@@ -219,7 +232,7 @@ pub fn capture(
             }))
         }
         Writer::Fork { report, started } => {
-            let out = Out::file(fd, rt.pagemap_fd, rt.mem_fd);
+            let out = Out::file(fd, rt.pagemap_fd, rt.mem_fd, stream);
             spawn_writer(rt, arena, pending, out, report, None, started)
         }
         Writer::Buffer {
@@ -228,21 +241,30 @@ pub fn capture(
             started,
         } => {
             // The copy into the buffer is the pause; the writer only writes the buffer out.
-            let mut out = Out::buffer(fd, rt.pagemap_fd, rt.mem_fd, buf);
+            let mut out = Out::buffer(fd, rt.pagemap_fd, rt.mem_fd, buf, stream);
             let mut t = Tables::with(arena, pending.counts);
             let written = write_image(rt, &mut t, &mut out, &pending);
             let counts = t.counts();
             let stats = match written {
                 Ok(s) => s,
-                Err(e) => return Err(abandon(rt, &pending, e)),
+                Err(e) => return Err(abandon(rt, &pending, &mut out, e)),
             };
             if out.spilled {
                 // Larger than the buffer: what it held went to the file and the rest followed
                 // in place; finish in place too.
                 let mut retired = store::Retired::default();
                 let s = finish(&mut out, &stats)
-                    .and_then(|()| commit(rt, arena.dents, &pending, stats, Some(&mut retired)))
-                    .map_err(|e| abandon(rt, &pending, e))?;
+                    .and_then(|()| {
+                        commit(
+                            rt,
+                            arena.dents,
+                            &pending,
+                            &mut out,
+                            stats,
+                            Some(&mut retired),
+                        )
+                    })
+                    .map_err(|e| abandon(rt, &pending, &mut out, e))?;
                 return Ok(Captured::Committed(CaptureStats {
                     spilled: true,
                     deleter: spawn_deleter(rt, arena, &retired),
@@ -394,11 +416,15 @@ fn spawn_writer(
             let _ = syscall::close(pending.fd);
             Ok(Captured::Background { pid })
         }
-        Err(e) => Err(abandon(
-            rt,
-            &pending,
-            RawError::sys("clone", b"a writer process", e),
-        )),
+        Err(e) => {
+            let mut out = out;
+            Err(abandon(
+                rt,
+                &pending,
+                &mut out,
+                RawError::sys("clone", b"a writer process", e),
+            ))
+        }
     }
 }
 
@@ -442,7 +468,7 @@ extern "C" fn writer_main(arg: *mut c_void) -> i32 {
                 stats
             }
         };
-        commit(rt, arena.dents, &pending, stats, None)
+        commit(rt, arena.dents, &pending, &mut a.out, stats, None)
     })();
     // SAFETY: the report page is shared with the parent, which reads it after reaping us.
     let report = unsafe { &mut *a.report };
@@ -455,7 +481,7 @@ extern "C" fn writer_main(arg: *mut c_void) -> i32 {
             syscall::exit_group(0)
         }
         Err(e) => {
-            let _ = abandon(rt, &pending, e);
+            let _ = abandon(rt, &pending, &mut a.out, e);
             report.error = Some(e);
             report.outcome = REPORT_FAILED;
             syscall::exit_group(1)
@@ -523,12 +549,17 @@ fn write_and_commit(
     let mut t = Tables::with(arena, pending.counts);
     let r = write_image(rt, &mut t, out, pending)
         .and_then(|stats| finish(out, &stats).map(|()| stats))
-        .and_then(|stats| commit(rt, t.arena.dents, pending, stats, Some(retired)));
-    r.map_err(|e| abandon(rt, pending, e))
+        .and_then(|stats| commit(rt, t.arena.dents, pending, out, stats, Some(retired)));
+    r.map_err(|e| abandon(rt, pending, out, e))
 }
 
-/// Cleans up after a failed write: closes the file (if still open) and removes the temporary.
-fn abandon(rt: &Runtime, pending: &Pending, e: RawError) -> RawError {
+/// Cleans up after a failed write: closes the file (if still open) and removes the temporary;
+/// for a remote store, stops the helper before it commits.
+fn abandon(rt: &Runtime, pending: &Pending, out: &mut Out, e: RawError) -> RawError {
+    if let Some(s) = out.stream.as_mut() {
+        s.abandon();
+        return e;
+    }
     let _ = syscall::close(pending.fd);
     let mut tmp = store::name(pending.generation, store::TMP);
     let _ = syscall::unlinkat(rt.dir_fd, tmp.as_cstr().unwrap_or(b"\0"));
@@ -543,6 +574,23 @@ fn finish(out: &mut Out, stats: &CaptureStats) -> Result<(), RawError> {
         // `write_image`, and nothing changes it until the writer is reaped.
         let bytes =
             unsafe { core::slice::from_raw_parts(addr as *const u8, stats.file_bytes as usize) };
+        if let Some(s) = out.stream.as_mut() {
+            // The page data and manifest, then the header (the padding after it is zeros, which
+            // a fetched image file has anyway).
+            let mut at = HEADER_SPACE as usize;
+            while at < bytes.len() {
+                let n = (bytes.len() - at).min(RUN_MAX);
+                crate::fault::point("write-data")
+                    .map_err(|e| RawError::sys("write", b"page data", e))?;
+                if stats.rebase {
+                    crate::fault::point("compact-data")
+                        .map_err(|e| RawError::sys("write", b"page data", e))?;
+                }
+                s.data(at as u64, &bytes[at..at + n])?;
+                at += n;
+            }
+            return s.data(0, &bytes[..size_of::<Header>().min(bytes.len())]);
+        }
         let mut at = 0;
         while at < bytes.len() {
             let n = (bytes.len() - at).min(WRITEBACK_BATCH as usize);
@@ -558,6 +606,10 @@ fn finish(out: &mut Out, stats: &CaptureStats) -> Result<(), RawError> {
             at += n;
         }
     }
+    if out.stream.is_some() {
+        // Durable once the helper has committed it.
+        return Ok(());
+    }
     // A recycled file may be longer than this image.
     syscall::ftruncate(out.fd, stats.file_bytes)
         .map_err(|e| RawError::sys("truncate", b"image", e))?;
@@ -571,9 +623,21 @@ fn commit(
     rt: &Runtime,
     dents: &mut [u8],
     pending: &Pending,
+    out: &mut Out,
     stats: CaptureStats,
     retire: Option<&mut store::Retired>,
 ) -> Result<CaptureStats, RawError> {
+    if let Some(s) = out.stream.as_mut() {
+        crate::fault::point("before-commit")
+            .map_err(|e| RawError::sys("commit", b"remote generation", e))?;
+        // The helper commits the generation and prunes the pool (keeping the newest `keep`
+        // and what they build on) in the background, after its answer.
+        let reply = s.commit(stats.file_bytes, rt.cfg.keep)?;
+        return Ok(CaptureStats {
+            placement: reply.placement,
+            ..stats
+        });
+    }
     let mut tmp = store::name(pending.generation, store::TMP);
     let mut fin = store::name(pending.generation, store::IMAGE);
     let (tmp_c, fin_c) = (
@@ -595,6 +659,7 @@ fn commit(
 /// Where an image's bytes go, and how the memory they come from is read.
 #[derive(Debug, Clone, Copy)]
 struct Out {
+    /// The image file (a local directory store), else -1.
     fd: i32,
     /// Buffered: bytes are copied here at their file offsets, to be written out later.
     buf: Option<(usize, usize)>,
@@ -602,28 +667,39 @@ struct Out {
     spilled: bool,
     pagemap_fd: i32,
     mem_fd: i32,
+    /// A remote store: bytes go to the `ckpt-rmem` helper instead of `fd`.
+    stream: Option<Stream>,
 }
 
 impl Out {
-    fn file(fd: i32, pagemap_fd: i32, mem_fd: i32) -> Out {
+    fn file(fd: i32, pagemap_fd: i32, mem_fd: i32, stream: Option<Stream>) -> Out {
         Out {
             fd,
             buf: None,
             spilled: false,
             pagemap_fd,
             mem_fd,
+            stream,
         }
     }
 
-    fn buffer(fd: i32, pagemap_fd: i32, mem_fd: i32, buf: (usize, usize)) -> Out {
+    fn buffer(
+        fd: i32,
+        pagemap_fd: i32,
+        mem_fd: i32,
+        buf: (usize, usize),
+        stream: Option<Stream>,
+    ) -> Out {
         Out {
             buf: Some(buf),
-            ..Out::file(fd, pagemap_fd, mem_fd)
+            ..Out::file(fd, pagemap_fd, mem_fd, stream)
         }
     }
 
-    /// Puts `bytes` at image offset `off`; `high` is the end of everything put so far.
-    fn put(&mut self, bytes: &[u8], off: u64, high: u64) -> Result<(), Errno> {
+    /// Puts `bytes` (`what`, for messages) at image offset `off`; `high` is the end of
+    /// everything put so far.
+    fn put(&mut self, bytes: &[u8], off: u64, high: u64, what: &[u8]) -> Result<(), RawError> {
+        let sys = |e: Errno| RawError::sys("write", what, e);
         if let Some((addr, len)) = self.buf {
             let end = off as usize + bytes.len();
             if end <= len {
@@ -640,11 +716,26 @@ impl Out {
             // SAFETY: the buffer holds every byte put so far, below `high`.
             let held =
                 unsafe { core::slice::from_raw_parts(addr as *const u8, (high as usize).min(len)) };
-            syscall::pwrite_all(self.fd, held, 0)?;
+            match self.stream.as_mut() {
+                // The header is put last, so the space before the page data holds nothing yet.
+                Some(s) => {
+                    let from = (HEADER_SPACE as usize).min(held.len());
+                    let mut at = from;
+                    while at < held.len() {
+                        let n = (held.len() - at).min(RUN_MAX);
+                        s.data(at as u64, &held[at..at + n])?;
+                        at += n;
+                    }
+                }
+                None => syscall::pwrite_all(self.fd, held, 0).map_err(sys)?,
+            }
             self.buf = None;
             self.spilled = true;
         }
-        syscall::pwrite_all(self.fd, bytes, off)
+        match self.stream.as_mut() {
+            Some(s) => s.data(off, bytes),
+            None => syscall::pwrite_all(self.fd, bytes, off).map_err(sys),
+        }
     }
 }
 
@@ -1178,8 +1269,7 @@ fn write_image(
             };
             for bytes in [sh.as_bytes(), body] {
                 crc = crc32c::crc32c_append(crc, bytes);
-                out.put(bytes, *off, *off)
-                    .map_err(|e| RawError::sys("write", b"manifest", e))?;
+                out.put(bytes, *off, *off, b"manifest")?;
                 *off += bytes.len() as u64;
             }
             Ok(())
@@ -1238,8 +1328,7 @@ fn write_image(
         header_crc: 0,
     };
     h.header_crc = h.compute_crc();
-    out.put(h.as_bytes(), 0, off)
-        .map_err(|e| RawError::sys("write", b"header", e))?;
+    out.put(h.as_bytes(), 0, off, b"header")?;
     let saved = t.arena.regions[..t.n_regions]
         .iter()
         .filter(|r| r.flags & REGION_SAVED != 0)
@@ -1257,6 +1346,7 @@ fn write_image(
         rebase: mode.rebase,
         spilled: false,
         deleter: 0,
+        placement: Placement::LocalDir,
     })
 }
 
@@ -1544,12 +1634,11 @@ fn write_run(
         unsafe { core::slice::from_raw_parts(addr as *const u8, len) }
     };
     let crc = crc32c::crc32c(bytes);
-    out.put(bytes, *off, *off)
-        .map_err(|e: Errno| RawError::sys("write", b"page data", e))?;
+    out.put(bytes, *off, *off, b"page data")?;
     // Start the device on what is written so far, so that its work overlaps the checksums and
     // copies of the rest instead of all waiting for the final fsync.
     let flushed = *off / WRITEBACK_BATCH;
-    if out.buf.is_none() && (*off + len as u64) / WRITEBACK_BATCH > flushed {
+    if out.buf.is_none() && out.fd >= 0 && (*off + len as u64) / WRITEBACK_BATCH > flushed {
         let from = flushed * WRITEBACK_BATCH;
         let _ = syscall::start_writeback(out.fd, from, *off + len as u64 - from);
     }

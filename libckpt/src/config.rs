@@ -106,13 +106,233 @@ pub enum LogLevel {
     Debug,
 }
 
+/// Where checkpoints are stored (`CKPT_STORE`, or `CKPT_DIR` for a directory); see
+/// `docs/stores.md`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Store {
+    /// A local directory, one file per generation (`dir:PATH`, `CKPT_DIR`).
+    Dir(PathBuf),
+    /// Remote memory through `rmem-client`, written by the `ckpt-rmem` helper
+    /// (`rmem://HOST:PORT,...?key=FILE&...`, or `tiered:rmem://...` with a local copy).
+    Remote(RemoteStore),
+}
+
+/// A remote-memory store as `CKPT_STORE` describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RemoteStore {
+    /// The specification as given.
+    pub spec: String,
+    /// `host:port` of each server, in order.
+    pub servers: Vec<String>,
+    /// `key=FILE`: the pre-shared key the servers authenticate clients with.
+    pub key_file: PathBuf,
+    /// `datakey=FILE`: the 32-byte key pages are encrypted under (only the client knows it);
+    /// `None`: `$XDG_CONFIG_HOME/ckpt/rmem-data.key` (created at the first `init`).
+    pub data_key_file: Option<PathBuf>,
+    /// `plaintext`: pages are stored unencrypted (only when asked for).
+    pub plaintext: bool,
+    /// `redundancy=none|mirror:K|parity|rs:K+M`; `None`: parity over two or more servers.
+    pub redundancy: Option<String>,
+    /// `pool=NAME`: the namespace on the servers (at most 16 characters or 32 hex digits);
+    /// `None`: derived from the executable's path.
+    pub pool: Option<String>,
+    /// `dir=PATH`: the local directory (store lock, disk fallback, the tiered copy); `None`:
+    /// one derived from the pool under `$XDG_RUNTIME_DIR` or `/tmp`.
+    pub dir: Option<PathBuf>,
+    /// `tiered:`: committed generations are also copied to the local directory in the
+    /// background, and recovery falls back to that copy.
+    pub tiered: bool,
+    /// `fallback=no` turns off writing to local disk when remote memory is short.
+    pub fallback: bool,
+    /// `min_free=SIZE`: below this much free remote memory, generations go to local disk.
+    pub min_free: u64,
+    /// `chunk=SIZE`: bytes per chunk (the unit of striping and encryption).
+    pub chunk: Option<u64>,
+    /// `timeout=DURATION`: how long one server operation may take before the server counts as
+    /// failed.
+    pub timeout: Option<Duration>,
+    /// `width=N`: servers per generation (the others are spares).
+    pub width: Option<u32>,
+}
+
+impl RemoteStore {
+    /// Parses `rmem://...` or `tiered:rmem://...`.
+    pub fn parse(spec: &str) -> Result<RemoteStore, ConfigError> {
+        let bad = |reason: &'static str| err("CKPT_STORE", spec.to_string(), reason);
+        let (tiered, rest) = match spec.strip_prefix("tiered:") {
+            Some(r) => (true, r),
+            None => (false, spec),
+        };
+        let Some(rest) = rest.strip_prefix("rmem://") else {
+            return Err(bad(
+                "expected dir:PATH, rmem://HOST:PORT,...?key=FILE or tiered:rmem://...",
+            ));
+        };
+        let (hosts, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let servers: Vec<String> = hosts
+            .split(',')
+            .filter(|h| !h.is_empty())
+            .map(str::to_string)
+            .collect();
+        if servers.is_empty() {
+            return Err(bad("no server: expected rmem://HOST:PORT[,HOST:PORT...]"));
+        }
+        if servers.iter().any(|h| {
+            h.rsplit_once(':')
+                .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
+        }) {
+            return Err(bad("every server must be HOST:PORT"));
+        }
+        let mut r = RemoteStore {
+            spec: spec.to_string(),
+            servers,
+            key_file: PathBuf::new(),
+            data_key_file: None,
+            plaintext: false,
+            redundancy: None,
+            pool: None,
+            dir: None,
+            tiered,
+            fallback: true,
+            min_free: 0,
+            chunk: None,
+            timeout: None,
+            width: None,
+        };
+        let yes_no = |v: &str| match v {
+            "" | "1" | "yes" | "true" | "on" => Some(true),
+            "0" | "no" | "false" | "off" => Some(false),
+            _ => None,
+        };
+        for kv in query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            match k {
+                "key" if !v.is_empty() => r.key_file = PathBuf::from(v),
+                "datakey" if !v.is_empty() => r.data_key_file = Some(PathBuf::from(v)),
+                "plaintext" => {
+                    r.plaintext = yes_no(v).ok_or_else(|| bad("plaintext takes yes or no"))?
+                }
+                "redundancy" => {
+                    if !valid_redundancy(v) {
+                        return Err(bad("redundancy must be none, mirror:K, parity or rs:K+M"));
+                    }
+                    r.redundancy = Some(v.to_string());
+                }
+                "pool" => {
+                    let hex = v.len() == 32 && v.bytes().all(|b| b.is_ascii_hexdigit());
+                    if v.is_empty() || (v.len() > 16 && !hex) {
+                        return Err(bad("pool takes at most 16 characters or 32 hex digits"));
+                    }
+                    r.pool = Some(v.to_string());
+                }
+                "dir" if !v.is_empty() => r.dir = Some(PathBuf::from(v)),
+                "fallback" => {
+                    r.fallback = yes_no(v).ok_or_else(|| bad("fallback takes yes or no"))?
+                }
+                "min_free" => {
+                    r.min_free = if v.trim() == "0" {
+                        0
+                    } else {
+                        parse_size(v).map_err(|_| bad("min_free takes a size such as 512M"))?
+                    }
+                }
+                "chunk" => {
+                    let n = parse_size(v)
+                        .ok()
+                        .filter(|&n| n <= 64 << 20)
+                        .ok_or_else(|| bad("chunk takes a size from 1M to 64M"))?;
+                    r.chunk = Some(n);
+                }
+                "timeout" => {
+                    r.timeout = Some(
+                        parse_duration(v)
+                            .map_err(|_| bad("timeout takes a duration such as 30s"))?,
+                    )
+                }
+                "width" => {
+                    r.width = Some(
+                        v.parse::<u32>()
+                            .ok()
+                            .filter(|&n| (1..=64).contains(&n))
+                            .ok_or_else(|| bad("width takes a number of servers from 1 to 64"))?,
+                    )
+                }
+                _ => {
+                    return Err(bad(
+                        "unknown or empty option; known: key, datakey, plaintext, redundancy, pool, dir, fallback, min_free, chunk, timeout, width",
+                    ));
+                }
+            }
+        }
+        if r.key_file.as_os_str().is_empty() {
+            return Err(bad(
+                "key=FILE is required: the servers authenticate every client",
+            ));
+        }
+        if r.tiered && !r.fallback {
+            return Err(bad(
+                "a tiered store needs its local directory: fallback=no is not allowed",
+            ));
+        }
+        Ok(r)
+    }
+
+    /// The redundancy to use: as given, else parity over two or more servers.
+    pub fn redundancy(&self) -> &str {
+        match &self.redundancy {
+            Some(r) => r,
+            None if self.servers.len() >= 2 => "parity",
+            None => "none",
+        }
+    }
+}
+
+/// Whether `v` is a redundancy rmem-client understands (it checks the numbers again).
+fn valid_redundancy(v: &str) -> bool {
+    let num = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    match v {
+        "none" | "parity" | "raid5" | "mirror" => true,
+        _ => {
+            if let Some(k) = v.strip_prefix("mirror:") {
+                num(k)
+            } else if let Some(km) = v.strip_prefix("rs:") {
+                km.split_once('+').is_some_and(|(k, m)| num(k) && num(m))
+            } else {
+                false
+            }
+        }
+    }
+}
+
+impl Store {
+    /// Parses a `CKPT_STORE` value: `dir:PATH` (or a plain path), `rmem://...`, `tiered:...`.
+    pub fn parse(spec: &str) -> Result<Store, ConfigError> {
+        if spec.starts_with("rmem://") || spec.starts_with("tiered:") {
+            return RemoteStore::parse(spec).map(Store::Remote);
+        }
+        if spec.contains("://") {
+            return Err(err(
+                "CKPT_STORE",
+                spec.to_string(),
+                "expected dir:PATH, rmem://HOST:PORT,...?key=FILE or tiered:rmem://...",
+            ));
+        }
+        let path = spec.strip_prefix("dir:").unwrap_or(spec);
+        if path.is_empty() {
+            return Err(err("CKPT_STORE", spec.to_string(), "empty directory path"));
+        }
+        Ok(Store::Dir(PathBuf::from(path)))
+    }
+}
+
 /// The configuration of one checkpointed run.
 ///
 /// Build it with [`Config::from_env`] (the contract documented in the README) or with the
-/// builder methods; `store_dir == None` means checkpointing is off.
+/// builder methods; `store == None` means checkpointing is off.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
-    pub(crate) store_dir: Option<PathBuf>,
+    pub(crate) store: Option<Store>,
     pub(crate) interval: Option<Duration>,
     pub(crate) policy: Policy,
     pub(crate) keep: u32,
@@ -132,7 +352,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            store_dir: None,
+            store: None,
             interval: None,
             policy: Policy::Sequential,
             // As in the paper, at most two image files: between checkpoints the newest and the
@@ -180,7 +400,17 @@ impl Config {
             if v.is_empty() {
                 return Err(err("CKPT_DIR", v, "must be a directory path"));
             }
-            cfg.store_dir = Some(PathBuf::from(v));
+            cfg.store = Some(Store::Dir(PathBuf::from(v)));
+        }
+        if let Some(v) = lookup("CKPT_STORE").filter(|v| !v.is_empty()) {
+            if cfg.store.is_some() {
+                return Err(err(
+                    "CKPT_STORE",
+                    v,
+                    "CKPT_DIR is set too: set only one of them (CKPT_DIR=PATH is CKPT_STORE=dir:PATH)",
+                ));
+            }
+            cfg.store = Some(Store::parse(&v)?);
         }
         if let Some(v) = lookup("CKPT_INTERVAL") {
             cfg.interval =
@@ -280,8 +510,14 @@ impl Config {
 
     /// Store checkpoints in this directory (created if missing) and turn checkpointing on.
     pub fn dir(mut self, path: impl Into<PathBuf>) -> Self {
-        self.store_dir = Some(path.into());
+        self.store = Some(Store::Dir(path.into()));
         self
+    }
+
+    /// Store checkpoints where `spec` says (`CKPT_STORE` syntax) and turn checkpointing on.
+    pub fn store(mut self, spec: &str) -> Result<Self, ConfigError> {
+        self.store = Some(Store::parse(spec)?);
+        Ok(self)
     }
 
     /// Checkpoint every `interval`; `None` means only on [`crate::checkpoint_now`].
@@ -350,9 +586,17 @@ impl Config {
         self
     }
 
-    /// The store directory, if checkpointing is on.
+    /// The store directory, if checkpointing is on into a local directory.
     pub fn store_dir(&self) -> Option<&Path> {
-        self.store_dir.as_deref()
+        match &self.store {
+            Some(Store::Dir(d)) => Some(d),
+            _ => None,
+        }
+    }
+
+    /// The store, if checkpointing is on.
+    pub fn store_spec(&self) -> Option<&Store> {
+        self.store.as_ref()
     }
 
     /// The timer interval, if any.
@@ -494,6 +738,63 @@ mod tests {
         let d = cfg(&[]).unwrap();
         assert_eq!(d, Config::default());
         assert_eq!(d.keep, 2);
+    }
+
+    #[test]
+    fn stores() {
+        let c = cfg(&[("CKPT_STORE", "dir:/tmp/y")]).unwrap();
+        assert_eq!(c.store_dir(), Some(Path::new("/tmp/y")));
+        assert_eq!(
+            cfg(&[("CKPT_STORE", "/tmp/z")]).unwrap().store_dir(),
+            Some(Path::new("/tmp/z"))
+        );
+        let c = cfg(&[(
+            "CKPT_STORE",
+            "rmem://10.0.0.1:7077,h2:7078?key=/k&redundancy=rs:2+1&pool=job&dir=/d&min_free=1G&timeout=5s&datakey=/dk",
+        )])
+        .unwrap();
+        let Some(Store::Remote(r)) = c.store_spec() else {
+            panic!("{c:?}")
+        };
+        assert_eq!(r.servers, ["10.0.0.1:7077", "h2:7078"]);
+        assert_eq!(r.key_file, Path::new("/k"));
+        assert_eq!(r.redundancy(), "rs:2+1");
+        assert_eq!(
+            (r.pool.as_deref(), r.dir.as_deref()),
+            (Some("job"), Some(Path::new("/d")))
+        );
+        assert_eq!(
+            (r.min_free, r.timeout, r.tiered, r.plaintext, r.fallback),
+            (1 << 30, Some(Duration::from_secs(5)), false, false, true)
+        );
+        assert_eq!(r.data_key_file.as_deref(), Some(Path::new("/dk")));
+        assert_eq!(c.store_dir(), None);
+        let t = RemoteStore::parse("tiered:rmem://a:1,b:2,c:3?key=/k&plaintext&dir=/l").unwrap();
+        assert!(t.tiered && t.plaintext);
+        assert_eq!(t.redundancy(), "parity");
+        assert_eq!(
+            RemoteStore::parse("rmem://a:1?key=/k")
+                .unwrap()
+                .redundancy(),
+            "none"
+        );
+        for bad in [
+            "rmem://a:1",
+            "rmem://?key=/k",
+            "rmem://a?key=/k",
+            "rmem://a:1?key=/k&redundancy=raid6",
+            "rmem://a:1?key=/k&colour=blue",
+            "rmem://a:1?key=/k&pool=this-name-is-far-too-long",
+            "tiered:rmem://a:1?key=/k&fallback=no",
+            "tiered:/x",
+            "s3://bucket",
+            "dir:",
+        ] {
+            let e = cfg(&[("CKPT_STORE", bad)]).unwrap_err();
+            assert_eq!(e.name, "CKPT_STORE", "{bad}");
+        }
+        let e = cfg(&[("CKPT_STORE", "dir:/a"), ("CKPT_DIR", "/b")]).unwrap_err();
+        assert_eq!(e.name, "CKPT_STORE");
     }
 
     #[test]

@@ -15,13 +15,16 @@ mod error;
 mod fault;
 pub mod ffi;
 pub mod image;
+mod remote;
 mod restore;
 mod runtime;
 pub mod store;
 mod sys;
 mod text;
 
-pub use config::{BusyMode, Config, ConfigError, LogLevel, Policy, RestoreMode};
+pub use config::{
+    BusyMode, Config, ConfigError, LogLevel, Policy, RemoteStore, RestoreMode, Store,
+};
 pub use error::{Error, Result};
 /// Dirty-page trackers for incremental checkpoints (also used by the benchmarks).
 pub use sys::dirty;

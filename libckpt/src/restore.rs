@@ -15,7 +15,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use crate::config::{Config, RestoreMode};
+use crate::config::{Config, RemoteStore, RestoreMode, Store};
 use crate::error::{Error, Result};
 use crate::image::{self, FILE_REGULAR, FormatError, Manifest};
 use crate::runtime::{self, Runtime, log_at};
@@ -285,12 +285,18 @@ fn check_files(m: &Manifest, image: &Path) -> Result<()> {
 
 /// `ckpt::restore`.
 pub fn restore(cfg: &Config) -> Result<()> {
-    let Some(dir) = cfg.store_dir.as_deref() else {
-        return Ok(());
-    };
     if cfg.restore == RestoreMode::Never {
         return Ok(());
     }
+    match &cfg.store {
+        None => Ok(()),
+        Some(Store::Dir(dir)) => restore_dir(cfg, dir),
+        Some(Store::Remote(r)) => restore_remote(cfg, r),
+    }
+}
+
+/// Restores from a local directory store.
+fn restore_dir(cfg: &Config, dir: &Path) -> Result<()> {
     let gens = match store::list(dir) {
         Ok(g) => g,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
@@ -310,13 +316,89 @@ pub fn restore(cfg: &Config) -> Result<()> {
     }
     ensure_fixed_layout()?;
     let (dir_fd, lock_fd) = runtime::open_store(dir)?;
+    let next_gen = store::highest(dir).unwrap_or(0) + 1;
+    restore_from(cfg, dir, &gens, (dir_fd, lock_fd), next_gen, &|| {})
+}
+
+/// Restores from remote memory: the `ckpt-rmem` helper stages the newest restorable generation
+/// and its chain as image files in a private memory-backed directory (remote memory first; a
+/// server lost or revoked is covered by the redundancy; a tiered store falls back to its local
+/// copy), then the images are checked and restored as from a directory. The staging directory
+/// is removed before the jump (the restorer reads the images through open descriptors).
+fn restore_remote(cfg: &Config, r: &RemoteStore) -> Result<()> {
+    // Before the helper runs: the first call re-executes the program.
+    ensure_fixed_layout()?;
+    let helper = crate::remote::Helper::prepare(r, cfg.log)?;
+    // The store's lock, on its local directory: another process using the same pool is an
+    // error before anything is read.
+    let (dir_fd, lock_fd) = runtime::open_store(&helper.dir)?;
     let close = || {
         let _ = syscall::close(lock_fd);
         let _ = syscall::close(dir_fd);
     };
-    let next_gen = store::highest(dir).unwrap_or(0) + 1;
+    let t0 = std::time::Instant::now();
+    let fetched = crate::remote::Staging::new().and_then(|s| Ok((helper.fetch(&s.0)?, s)));
+    let (fetched, staging) = match fetched {
+        Ok((Some(f), s)) => (f, s),
+        Ok((None, _)) => {
+            close();
+            return match cfg.restore {
+                RestoreMode::Require => Err(Error::NoCheckpoint(PathBuf::from(&r.spec))),
+                _ => Ok(()),
+            };
+        }
+        Err(e) => {
+            close();
+            return Err(e);
+        }
+    };
+    log_at!(
+        cfg,
+        Info,
+        "fetched generation {} ({} image(s), {:.1} MiB) from {} in {:.1} ms",
+        fetched.generation,
+        fetched.chain.len(),
+        fetched.bytes as f64 / 1048576.0,
+        fetched.from,
+        t0.elapsed().as_secs_f64() * 1e3
+    );
+    let gens = store::list(&staging.0).map_err(|e| {
+        close();
+        Error::Io {
+            op: "list",
+            path: staging.0.clone(),
+            source: e,
+        }
+    })?;
+    let r = restore_from(
+        cfg,
+        &staging.0,
+        &gens,
+        (dir_fd, lock_fd),
+        fetched.highest + 1,
+        &|| staging.remove(),
+    );
+    drop(staging);
+    r
+}
+
+/// Restores the newest usable generation of `gens` (image files in `dir`, newest first) with
+/// the store open and locked as `fds` (directory, lock; closed on failure). `before_jump` runs
+/// once the images are open and verified, just before memory is replaced.
+fn restore_from(
+    cfg: &Config,
+    dir: &Path,
+    gens: &[store::Generation],
+    (dir_fd, lock_fd): (i32, i32),
+    next_gen: u64,
+    before_jump: &dyn Fn(),
+) -> Result<()> {
+    let close = || {
+        let _ = syscall::close(lock_fd);
+        let _ = syscall::close(dir_fd);
+    };
     let mut rejected: Vec<(u64, String)> = Vec::new();
-    for g in &gens {
+    for g in gens {
         let loaded = load_chain(dir, g.number).and_then(|chain| {
             let m = &chain[0].manifest;
             check_identity(m, &g.path).map_err(Reject::Fatal)?;
@@ -381,6 +463,7 @@ pub fn restore(cfg: &Config) -> Result<()> {
         let mut fds = vec![newest.file.into_raw_fd()];
         fds.extend(links.map(|l| l.file.into_raw_fd()));
         let m = newest.manifest;
+        before_jump();
         let err = crate::sys::restore::restore_into(
             &m,
             &runs,

@@ -16,9 +16,10 @@ use std::os::unix::ffi::OsStrExt;
 
 use crate::arena::Arena;
 use crate::capture::{self, CaptureStats, Captured, Mode, Report, Writer};
-use crate::config::{BusyMode, Config, LogLevel};
+use crate::config::{BusyMode, Config, LogLevel, Store};
 use crate::dirty::DirtyTracker;
 use crate::error::{Error, RawError, Result, raw_err};
+use crate::remote::{ExecSpec, Helper};
 use crate::store;
 use crate::sys::arch::{self, Context};
 use crate::sys::glibc::{self, Rseq};
@@ -33,7 +34,7 @@ pub const MAX_EXCLUDES: usize = 256;
 #[derive(Debug)]
 pub struct Runtime {
     pub(crate) cfg: Config,
-    /// The store directory, open.
+    /// The store directory, open (for a remote store: its local directory).
     pub(crate) dir_fd: i32,
     /// The store's lock file, held with `flock`.
     pub(crate) lock_fd: i32,
@@ -69,6 +70,15 @@ pub struct Runtime {
     pub(crate) writer: Option<Background>,
     /// The process deleting retired images after an in-place commit, still to be reaped.
     pub(crate) deleter: i32,
+    /// A remote store: its helper, and the command line a checkpoint starts it with.
+    pub(crate) remote: Option<Remote>,
+}
+
+/// A remote store's part of the runtime.
+#[derive(Debug)]
+pub(crate) struct Remote {
+    pub helper: Helper,
+    pub exec: ExecSpec,
 }
 
 /// A checkpoint being written by a writer process.
@@ -261,10 +271,12 @@ pub(crate) fn open_mem() -> i32 {
 
 /// `ckpt::init`.
 pub fn init(cfg: Config) -> Result<()> {
-    let Some(dir) = cfg.store_dir.clone() else {
+    let Some(store) = cfg.store.clone() else {
         OFF.store(true, Ordering::Release);
         if cfg.log >= LogLevel::Debug {
-            crate::text::log_line(format_args!("CKPT_DIR is not set; checkpointing is off"));
+            crate::text::log_line(format_args!(
+                "neither CKPT_DIR nor CKPT_STORE is set; checkpointing is off"
+            ));
         }
         return Ok(());
     };
@@ -272,6 +284,17 @@ pub fn init(cfg: Config) -> Result<()> {
         return Err(Error::AlreadyInitialized);
     }
     crate::restore::ensure_fixed_layout()?;
+    // A remote store: find the helper and check the pool before anything is set up, so that a
+    // missing helper, an unreachable pool or a wrong key is an error here, not at every
+    // checkpoint. Its local directory takes the place of the store directory (the lock).
+    let (dir, remote) = match &store {
+        Store::Dir(d) => (d.clone(), None),
+        Store::Remote(r) => {
+            let helper = Helper::prepare(r, cfg.log)?;
+            let exec = helper.exec_spec()?;
+            (helper.dir.clone(), Some(Remote { helper, exec }))
+        }
+    };
     crate::fault::install(crate::fault::from_env());
     let tracker = if cfg.policy.incremental() {
         let t = crate::dirty::open(cfg.tracker).map_err(|e| {
@@ -285,6 +308,25 @@ pub fn init(cfg: Config) -> Result<()> {
         None
     };
     let (dir_fd, lock_fd) = open_store(&dir)?;
+    let close = || {
+        let _ = syscall::close(lock_fd);
+        let _ = syscall::close(dir_fd);
+    };
+    let next_gen = match &remote {
+        None => store::highest(&dir).map_err(|e| Error::Io {
+            op: "list",
+            path: dir.clone(),
+            source: e,
+        }),
+        Some(r) => r.helper.status(),
+    };
+    let next_gen = match next_gen {
+        Ok(h) => h + 1,
+        Err(e) => {
+            close();
+            return Err(e);
+        }
+    };
     let arena = match Arena::new() {
         Ok(a) => Box::into_raw(Box::new(a)),
         Err(e) => {
@@ -299,11 +341,6 @@ pub fn init(cfg: Config) -> Result<()> {
     };
     // Warm up the checksum's CPU-feature detection now: its cache lives in memory the capture saves.
     let _ = crc32c::crc32c(b"warm");
-    let next_gen = store::highest(&dir).map_err(|e| Error::Io {
-        op: "list",
-        path: dir.clone(),
-        source: e,
-    })? + 1;
 
     let (report, buffer) = match background_maps(&cfg) {
         Ok(v) => v,
@@ -340,6 +377,7 @@ pub fn init(cfg: Config) -> Result<()> {
         ],
         writer: None,
         deleter: 0,
+        remote,
         cfg,
     });
     let rt = Box::into_raw(rt);
@@ -358,11 +396,20 @@ pub fn init(cfg: Config) -> Result<()> {
         // SAFETY: registering a plain extern "C" function; glibc passes it the exit status.
         unsafe { on_exit(on_program_exit, core::ptr::null_mut()) };
     }
+    let into = match &r.remote {
+        None => dir.display().to_string(),
+        Some(x) => format!(
+            "{} (helper {}, local directory {})",
+            x.helper.spec,
+            x.helper.path.display(),
+            x.helper.dir.display()
+        ),
+    };
     log_at!(
         r.cfg,
         Info,
         "checkpointing into {} {}, policy {}{}, keeping {} (pages found by {})",
-        dir.display(),
+        into,
         Interval(r.cfg.interval),
         r.cfg.policy,
         TrackerNote(r),
@@ -525,6 +572,21 @@ extern "C" fn on_program_exit(status: i32, _arg: *mut c_void) {
     }
     if let Some(id) = r.timer {
         let _ = signals::timer_delete(id);
+    }
+    if let Some(remote) = &r.remote {
+        match remote.helper.clear() {
+            Ok(n) => log_at!(
+                r.cfg,
+                Info,
+                "finished normally; removed {n} generation(s) from the remote store"
+            ),
+            Err(e) => log_at!(
+                r.cfg,
+                Info,
+                "finished normally, but the remote store's generations could not be removed: {e}"
+            ),
+        }
+        return;
     }
     // SAFETY: we hold `busy`, so the arena is ours.
     let dents = unsafe { &mut *r.arena }.dents as *mut [u8];
@@ -726,6 +788,7 @@ fn checkpoint(rt: *mut Runtime, mask: u64) -> core::result::Result<Outcome, RawE
                     r.next_gen,
                     e.msg
                 );
+                skip_failed(r, job.generation);
                 Err(e)
             }
         }
@@ -758,6 +821,15 @@ fn failed(r: &mut Runtime, e: RawError) {
     r.failed += 1;
     r.last_error = Some(e);
     r.chain.head = 0;
+}
+
+/// A remote store does not reuse the number of a failed generation: what its helper stored is
+/// collected later, and the number may even have been committed by a helper of an earlier run
+/// that outlived it.
+fn skip_failed(r: &mut Runtime, generation: u64) {
+    if r.remote.is_some() {
+        r.next_gen = r.next_gen.max(generation + 1);
+    }
 }
 
 /// Learns how the background writer ended, if it has (waiting for it with `block`), and books
@@ -808,6 +880,7 @@ fn reap(r: &mut Runtime, block: bool) {
     };
     failed(r, e);
     r.next_gen = w.generation;
+    skip_failed(r, w.generation);
     log_at!(
         r.cfg,
         Info,
@@ -834,7 +907,7 @@ pub(crate) fn log_committed(r: &Runtime, stats: &CaptureStats, ms: f64, paused_m
     log_at!(
         r.cfg,
         Info,
-        "checkpoint {} committed ({}, {}): {:.1} MiB in {} runs, {:.1} ms, paused {:.1} ms ({:.0} MiB/s)",
+        "checkpoint {} committed ({}, {}): {:.1} MiB in {} runs, {:.1} ms, paused {:.1} ms ({:.0} MiB/s){}",
         stats.generation,
         if stats.parent == 0 {
             "full"
@@ -846,7 +919,8 @@ pub(crate) fn log_committed(r: &Runtime, stats: &CaptureStats, ms: f64, paused_m
         stats.runs,
         ms,
         paused_ms,
-        mib / (ms / 1e3).max(1e-9)
+        mib / (ms / 1e3).max(1e-9),
+        stats.placement.note()
     );
     log_at!(
         r.cfg,

@@ -8,6 +8,7 @@ compile_error!("ckpt supports Linux on x86_64 only for now");
 
 pub mod arch;
 pub mod dirty;
+pub mod exec;
 pub mod glibc;
 pub mod interpose;
 pub mod maps;
