@@ -563,12 +563,20 @@ fn fetch(o: &Opts) -> Result<i32> {
     let _lock = lock(&o.dir)?;
     let mut pool = connect(o)?;
     let gens = pool.committed_generations();
+    let servers = pool.health();
+    let up = servers.iter().filter(|s| s.connected).count();
     let Some(&highest) = gens.first() else {
+        if up == 0 {
+            // Nothing on local disk, and no server to ask: whether a checkpoint exists is
+            // unknown, and starting over would be silent.
+            return Err(format!(
+                "no rmem server reachable ({}), and no generation on local disk",
+                unreachable(&servers)
+            ));
+        }
         println!("highest 0");
         return Ok(2);
     };
-    let servers = pool.health();
-    let up = servers.iter().filter(|s| s.connected).count();
     let mut first_err: Option<String> = None;
     for &g in &gens {
         let mut made = Vec::new();
@@ -686,17 +694,10 @@ fn status(o: &Opts) -> Result<i32> {
     let health = pool.health();
     let up = health.iter().filter(|s| s.connected).count();
     if up == 0 {
-        let why: Vec<String> = health
-            .iter()
-            .map(|s| {
-                format!(
-                    "{}: {}",
-                    s.addr,
-                    s.last_error.as_deref().unwrap_or("not connected")
-                )
-            })
-            .collect();
-        return Err(format!("no rmem server reachable ({})", why.join("; ")));
+        return Err(format!(
+            "no rmem server reachable ({})",
+            unreachable(&health)
+        ));
     }
     for s in health.iter().filter(|s| !s.connected) {
         tracing::warn!(server = %s.addr, error = s.last_error.as_deref().unwrap_or(""), "server unavailable");
@@ -705,6 +706,22 @@ fn status(o: &Opts) -> Result<i32> {
     println!("servers {up} of {}", health.len());
     println!("highest {highest}");
     Ok(0)
+}
+
+/// Why each server is not connected.
+fn unreachable(health: &[rmem_client::ServerHealth]) -> String {
+    health
+        .iter()
+        .filter(|s| !s.connected)
+        .map(|s| {
+            format!(
+                "{}: {}",
+                s.addr,
+                s.last_error.as_deref().unwrap_or("not connected")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// `clear`: every generation of the pool goes.
