@@ -149,62 +149,90 @@ pub(crate) fn load_chain(dir: &Path, g: u64) -> Result<Vec<Link>, Reject> {
     }
 }
 
-/// The page runs a restore applies, in order: the data runs of every image of the chain,
-/// oldest first, those of older images cut to the newest image's chain regions; then the
-/// newest image's zero runs. Each run's `kind` says whether it is data or zeros, and `fd` the
-/// chain index (0 = newest) whose file holds its data.
+/// The page runs that rebuild memory from a chain (newest first), in the order they must be
+/// applied: oldest link first. A link's runs (data and zero) apply only where every newer link
+/// continued from it: inside the regions flagged [`image::REGION_CHAIN`] in all of them. Where a
+/// newer link saved a region whole instead (a region new since its parent, or re-created at the
+/// same address), that link is the base: older links held other memory there, and pages it did
+/// not save are zeros (restored regions start zeroed).
 pub(crate) fn merged_runs(chain: &[Link]) -> Vec<crate::sys::restore::PlanRun> {
+    let manifests: Vec<&Manifest> = chain.iter().map(|l| &l.manifest).collect();
+    merge_plan(&manifests)
+}
+
+/// Sorted, disjoint address intervals.
+type Spans = Vec<(u64, u64)>;
+
+/// The intersection of two sorted, disjoint interval lists.
+fn intersect(a: &[(u64, u64)], b: &[(u64, u64)]) -> Spans {
+    let (mut i, mut j, mut out) = (0, 0, Vec::new());
+    while i < a.len() && j < b.len() {
+        let (lo, hi) = (a[i].0.max(b[j].0), a[i].1.min(b[j].1));
+        if lo < hi {
+            out.push((lo, hi));
+        }
+        if a[i].1 < b[j].1 {
+            i += 1;
+        } else {
+            j += 1;
+        }
+    }
+    out
+}
+
+/// See [`merged_runs`]; `chain[0]` is the newest image.
+fn merge_plan(chain: &[&Manifest]) -> Vec<crate::sys::restore::PlanRun> {
     use crate::sys::restore::PlanRun;
-    let newest = &chain[0].manifest;
-    let mut inherit: Vec<(u64, u64)> = newest
-        .regions
-        .iter()
-        .filter(|r| r.flags & image::REGION_CHAIN != 0)
-        .map(|r| (r.start, r.end))
-        .collect();
-    inherit.sort_unstable();
-    let mut out = Vec::new();
-    for (i, link) in chain.iter().enumerate().rev() {
-        for run in link
-            .manifest
-            .runs
+    let chained = |m: &Manifest| -> Spans {
+        let mut v: Spans = m
+            .regions
             .iter()
-            .filter(|r| r.kind == image::RUN_DATA)
-        {
+            .filter(|r| r.flags & image::REGION_CHAIN != 0)
+            .map(|r| (r.start, r.end))
+            .collect();
+        v.sort_unstable();
+        v
+    };
+    // reach[i]: where link i's runs apply. Everywhere for the newest; for an older one, where
+    // every newer link continued from its parent.
+    let mut reach: Vec<Option<Spans>> = vec![None];
+    let mut acc: Option<Spans> = None;
+    for m in &chain[..chain.len().saturating_sub(1)] {
+        let c = chained(m);
+        let next = match &acc {
+            None => c,
+            Some(prev) => intersect(prev, &c),
+        };
+        reach.push(Some(next.clone()));
+        acc = Some(next);
+    }
+    let mut out = Vec::new();
+    for (i, m) in chain.iter().enumerate().rev() {
+        for run in &m.runs {
+            let zero = run.kind == image::RUN_ZERO;
             let (a, b) = (run.addr, run.addr + run.len);
-            if i == 0 {
+            let mut push = |lo: u64, hi: u64| {
                 out.push(PlanRun {
-                    addr: a as usize,
-                    len: run.len as usize,
-                    off: run.data_off,
-                    fd: 0,
-                    zero: false,
+                    addr: lo as usize,
+                    len: (hi - lo) as usize,
+                    off: if zero { 0 } else { run.data_off + (lo - a) },
+                    fd: i as u32,
+                    zero,
                 });
-                continue;
-            }
-            let from = inherit.partition_point(|&(_, e)| e <= a);
-            for &(s, e) in inherit[from..].iter().take_while(|&&(s, _)| s < b) {
-                let (lo, hi) = (a.max(s), b.min(e));
-                if lo < hi {
-                    out.push(PlanRun {
-                        addr: lo as usize,
-                        len: (hi - lo) as usize,
-                        off: run.data_off + (lo - a),
-                        fd: i as u32,
-                        zero: false,
-                    });
+            };
+            match &reach[i] {
+                None => push(a, b),
+                Some(spans) => {
+                    let from = spans.partition_point(|&(_, e)| e <= a);
+                    for &(s, e) in spans[from..].iter().take_while(|&&(s, _)| s < b) {
+                        let (lo, hi) = (a.max(s), b.min(e));
+                        if lo < hi {
+                            push(lo, hi);
+                        }
+                    }
                 }
             }
         }
-    }
-    for run in newest.runs.iter().filter(|r| r.kind == image::RUN_ZERO) {
-        out.push(PlanRun {
-            addr: run.addr as usize,
-            len: run.len as usize,
-            off: 0,
-            fd: 0,
-            zero: true,
-        });
     }
     out
 }
@@ -703,4 +731,89 @@ pub fn ensure_fixed_layout() -> Result<()> {
     crate::sys::process::set_env(GUARD, "1");
     let e = crate::sys::process::reexec(&args);
     Err(Error::Aslr(format!("re-exec /proc/self/exe: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::{REGION_CHAIN, REGION_SAVED, RUN_DATA, RUN_ZERO, RegionRec, RunRec};
+
+    fn manifest(regions: &[(u64, u64, bool)], runs: &[(u64, u64, u64, bool)]) -> Manifest {
+        Manifest {
+            header: Default::default(),
+            strings: Vec::new(),
+            process: Default::default(),
+            identity: Vec::new(),
+            regions: regions
+                .iter()
+                .map(|&(start, end, chain)| RegionRec {
+                    start,
+                    end,
+                    flags: REGION_SAVED | if chain { REGION_CHAIN } else { 0 },
+                    ..Default::default()
+                })
+                .collect(),
+            runs: runs
+                .iter()
+                .map(|&(addr, len, data_off, zero)| RunRec {
+                    addr,
+                    len,
+                    data_off,
+                    kind: if zero { RUN_ZERO } else { RUN_DATA },
+                    ..Default::default()
+                })
+                .collect(),
+            files: Vec::new(),
+            signals: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn older_links_apply_only_where_every_newer_one_continued() {
+        // R: tracked since the oldest (full) image. Q: re-created at the same address after it,
+        // so the middle image saved it whole; the oldest image's data there is other memory.
+        let oldest = manifest(
+            &[(0x1000, 0x5000, false), (0x10000, 0x12000, false)],
+            &[(0x1000, 0x4000, 100, false), (0x10000, 0x2000, 900, false)],
+        );
+        let middle = manifest(
+            &[(0x1000, 0x5000, true), (0x10000, 0x12000, false)],
+            &[
+                (0x2000, 0x1000, 200, false),
+                (0x4000, 0x1000, 0, true),
+                (0x10000, 0x1000, 300, false),
+            ],
+        );
+        let newest = manifest(
+            &[(0x1000, 0x5000, true), (0x10000, 0x12000, true)],
+            &[(0x11000, 0x1000, 400, false), (0x3000, 0x1000, 0, true)],
+        );
+        let plan: Vec<(usize, usize, u64, u32, bool)> = merge_plan(&[&newest, &middle, &oldest])
+            .iter()
+            .map(|r| (r.addr, r.len, r.off, r.fd, r.zero))
+            .collect();
+        assert_eq!(
+            plan,
+            vec![
+                // The oldest image: R only (Q was saved whole by the middle one).
+                (0x1000, 0x4000, 100, 2, false),
+                // The middle one, inside the newest one's chained regions, in its own order.
+                (0x2000, 0x1000, 200, 1, false),
+                (0x4000, 0x1000, 0, 1, true),
+                (0x10000, 0x1000, 300, 1, false),
+                // The newest one everywhere.
+                (0x11000, 0x1000, 400, 0, false),
+                (0x3000, 0x1000, 0, 0, true),
+            ]
+        );
+    }
+
+    #[test]
+    fn interval_intersection() {
+        assert_eq!(
+            intersect(&[(0, 10), (20, 30)], &[(5, 25), (28, 40)]),
+            vec![(5, 10), (20, 25), (28, 30)]
+        );
+        assert!(intersect(&[(0, 10)], &[]).is_empty());
+    }
 }

@@ -193,6 +193,10 @@ fn unprotect_moved(addr: usize) -> bool {
         return false;
     };
     MOVED.fetch_add(1, Ordering::Relaxed);
+    // The kernel merges adjacent read-only anonymous mappings: this one may also hold pages of
+    // tracked ranges, still clean. They count as written before they become writable, or
+    // their next writes would go unseen.
+    let _ = mark_written(start, end - start, |_, _| Ok(()));
     // SAFETY: private anonymous memory that faulted on a write; see above.
     unsafe { syscall::mprotect(start, end - start, RW) }.is_ok()
 }
