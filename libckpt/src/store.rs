@@ -301,6 +301,19 @@ pub fn prune(
 /// Deletes every generation file (committed, temporary, damaged) in the store; returns how many.
 pub fn remove_all(dir_fd: i32, dents: &mut [u8]) -> usize {
     let mut removed = 0;
+    // Committed images first, newest first: an image only builds on older ones, so a removal
+    // interrupted here (the program killed as it exits) leaves a restorable store, never an
+    // image whose chain is gone.
+    let mut images = [0u64; MAX_LISTED];
+    let n = committed(dir_fd, dents, &mut images);
+    for &g in images[..n].iter().rev() {
+        let mut nm = name(g, IMAGE);
+        if let Some(c) = nm.as_cstr()
+            && syscall::unlinkat(dir_fd, c).is_ok()
+        {
+            removed += 1;
+        }
+    }
     // Deleting while listing can skip entries; list again until a pass finds nothing.
     loop {
         let mut batch = [[0u8; 48]; 64];
