@@ -709,6 +709,9 @@ impl Staging {
         .flatten()
         .filter(|b| b.is_dir())
         .collect();
+        for b in &bases {
+            remove_stale(b);
+        }
         let mut last = None;
         for b in &bases {
             for n in 0..16u32 {
@@ -746,6 +749,35 @@ impl Staging {
     /// Removes the directory and what it holds (images stay readable through open descriptors).
     pub fn remove(&self) {
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Removes staging directories in `base` left by restores that were killed (their process is
+/// gone): they hold whole images in memory.
+fn remove_stale(base: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: getuid has no preconditions.
+    let uid = unsafe { libc::getuid() };
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("ckpt-restore-"))
+            .and_then(|n| n.split('-').next())
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let mine = e.metadata().is_ok_and(|m| m.uid() == uid && m.is_dir());
+        // SAFETY: kill with signal 0 only checks that the process exists.
+        let gone = unsafe { libc::kill(pid, 0) } != 0
+            && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+        if mine && gone && pid > 0 {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
     }
 }
 
