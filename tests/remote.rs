@@ -145,6 +145,37 @@ fn a_server_revoked_after_the_crash_is_covered_by_parity() {
 }
 
 #[test]
+fn a_server_revoked_mid_run_is_evacuated_before_its_deadline() {
+    let _g = serial();
+    let pool = Pool::start("remote-revoked-mid-run", 3, "256M");
+    let store = pool.spec("&redundancy=parity");
+    let e = env(&store, "forked-incremental", "150ms");
+    let mut w = Watch::spawn(&workload(), &e);
+    w.wait_for("; in remote memory", 3, Duration::from_secs(60));
+    // The owner comes back: the next commit and the helper's background maintenance move
+    // this pool's shards off the server before the deadline.
+    pool.servers[2].revoke("3s");
+    let run = w.finish(Duration::from_secs(120));
+    assert_digest(&run, "a run with a server revoked", &run.stderr);
+    // Without the terminal colours.
+    let mut log = String::new();
+    let mut esc = false;
+    for c in pool.servers[2].log_text().chars() {
+        match (esc, c) {
+            (false, '\u{1b}') => esc = true,
+            (true, 'm') => esc = false,
+            (true, _) => {}
+            (false, c) => log.push(c),
+        }
+    }
+    assert!(
+        log.contains("memory revoked and released") && log.contains("dropped_bytes=0"),
+        "data was left on the revoked server\n{log}"
+    );
+    assert!(!run.stderr.contains("failed"), "{}", run.stderr);
+}
+
+#[test]
 fn tiered_recovers_from_its_local_copy_when_every_server_is_dead() {
     let _g = serial();
     let mut pool = Pool::start("remote-tiered", 3, "256M");

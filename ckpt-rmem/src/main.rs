@@ -172,12 +172,11 @@ fn main() {
         }
     };
     // A put answers with its outcome, which the program logs; its warnings (a server down,
-    // remote memory short) would repeat at every checkpoint.
-    let level = match (o.mode.as_str(), o.log.as_str()) {
-        ("put", "warn") => "error",
-        (_, l) => l,
-    };
-    init_log(level);
+    // remote memory short) would repeat at every checkpoint. Its background child logs to a
+    // file instead (see `put`).
+    if o.mode != "put" {
+        init_log(&o.log);
+    }
     if let Some(p) = o.ppid
         && !sys::die_with_parent(p)
     {
@@ -487,6 +486,7 @@ fn put(o: &Opts) -> Result<i32> {
                 .open(o.dir.join("background.log"))
                 .ok();
             sys::detach(log.as_ref());
+            init_log(&o.log);
             drop(sock);
             background(o, &mut pool, generation, keep);
             drop(lock);
