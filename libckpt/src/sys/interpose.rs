@@ -153,6 +153,37 @@ pub unsafe extern "C" fn mremap(
     }
 }
 
+/// `mprotect(2)`, as the C library's, except that ranges the `mprotect` dirty tracker watches
+/// and the call touches stop being watched first (see `dirty::reprotect`): the program's
+/// protection wins, and the next checkpoint saves those ranges whole.
+///
+/// # Safety
+/// As the C function: the caller owns the mapping it changes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mprotect(addr: *mut c_void, len: usize, prot: c_int) -> c_int {
+    let r = dirty::reprotect(addr as usize, len, || {
+        // SAFETY: the arguments are the caller's, forwarded unchanged.
+        unsafe {
+            syscall::syscall6(
+                libc::SYS_mprotect,
+                addr as usize,
+                len,
+                prot as usize,
+                0,
+                0,
+                0,
+            )
+        }
+    });
+    match r {
+        Ok(_) => 0,
+        Err(e) => {
+            set_errno(e);
+            -1
+        }
+    }
+}
+
 /// `read(2)` into `buf`, tracked pages prepared.
 ///
 /// # Safety

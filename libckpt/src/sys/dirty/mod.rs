@@ -82,8 +82,8 @@ use super::syscall::Errno;
 mod mprotect;
 mod uffd;
 
-pub(crate) use mprotect::remap;
 pub use mprotect::{Mprotect, before_kernel_write, kernel_write};
+pub(crate) use mprotect::{remap, reprotect};
 pub use uffd::UffdAsync;
 
 /// The environment variable that forces a tracker.

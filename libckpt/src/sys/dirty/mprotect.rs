@@ -311,6 +311,47 @@ pub fn kernel_write(
     )
 }
 
+/// Runs `call`, the program's own `mprotect` of `[start, start + len)`, after every tracked
+/// range it touches has stopped being tracked: made read-write again (its contract) and its slot
+/// retired, so that the next checkpoint saves it whole and watches it afresh. The program's
+/// protection must win: a write it forbids must fault for the program, not be taken for a
+/// tracked write; and a range it made writable and read-only again between two checkpoints
+/// must not look intact. Asynchronous signals (the checkpoint's) are blocked meanwhile.
+pub(crate) fn reprotect(
+    start: usize,
+    len: usize,
+    mut call: impl FnMut() -> syscall::SysResult,
+) -> syscall::SysResult {
+    if PROTECTIONS.load(Ordering::Acquire) & 1 == 0 {
+        return call();
+    }
+    let sync = [
+        libc::SIGSEGV,
+        libc::SIGBUS,
+        libc::SIGILL,
+        libc::SIGFPE,
+        libc::SIGTRAP,
+    ]
+    .iter()
+    .fold(0u64, |m, &s| m | 1 << (s - 1));
+    let mut old = 0u64;
+    let _ = syscall::sigprocmask(libc::SIG_BLOCK, Some(&!sync), Some(&mut old));
+    let (lo, hi) = super::page_span(start, start.saturating_add(len));
+    for slot in &SLOTS {
+        if let Some((s, l, _)) = slot.get()
+            && s < hi
+            && lo < s + l
+        {
+            let _ = protect_mapped(s, l, RW);
+            // Retired: the handler stops claiming its faults; the tracker drops its bitmap.
+            slot.len.store(0, Ordering::Release);
+        }
+    }
+    let r = call();
+    let _ = syscall::sigprocmask(libc::SIG_SETMASK, Some(&old), None);
+    r
+}
+
 /// Runs `call`, the program's own `mremap` of `[start, start + len)`, after the tracked pages
 /// in that range were marked written and made writable: the kernel refuses to remap across
 /// mappings of different protections, which this tracker's page-by-page protection creates,
@@ -525,6 +566,12 @@ impl DirtyTracker for Mprotect {
     fn track(&mut self, start: usize, len: usize) -> Result<(), DirtyError> {
         check_range(NAME, start, len)?;
         install()?;
+        // Drop the bitmaps of slots the program's own mprotect retired (see `reprotect`).
+        for (i, slot) in SLOTS.iter().enumerate() {
+            if slot.get().is_none() && self.bitmaps[i].is_some() {
+                self.bitmaps[i] = None;
+            }
+        }
         let end = start + len;
         if SLOTS
             .iter()
