@@ -389,8 +389,6 @@ fn spawn_writer(
             },
         )
     };
-    let top = arena.writer_stack_top;
-    let slot = (top - size_of::<WriterArgs>()) & !63;
     let args = WriterArgs {
         rt,
         arena: arena as *mut Arena,
@@ -402,15 +400,11 @@ fn spawn_writer(
         started,
         paused_ns: syscall::monotonic_ns().saturating_sub(started),
     };
-    // SAFETY: the slot lies in the arena's writer stack, which nothing else uses while a writer
-    // may run (one at a time), and is aligned for WriterArgs.
-    unsafe { core::ptr::write(slot as *mut WriterArgs, args) };
-    // Exit signal 0: the program's own wait() and SIGCHLD handler never see the writer; the
-    // runtime reaps it with __WALL.
     let flags = if shared_vm { libc::CLONE_VM } else { 0 };
-    // SAFETY: the stack below `slot` is the writer's own; `writer_main` uses only raw system
-    // calls, the arena and its arguments (see its documentation).
-    match unsafe { syscall::spawn(flags, slot & !15, writer_main, slot as *mut c_void) } {
+    // SAFETY: nothing else uses the writer stack while a writer may run (one at a time);
+    // `writer_main` uses only raw system calls, the arena and its arguments (see its
+    // documentation).
+    match unsafe { spawn_on_writer_stack(arena, flags, args, writer_main) } {
         Ok(pid) => {
             // The writer has its own copy of the descriptor table; ours must not leak the image.
             let _ = syscall::close(pending.fd);
@@ -428,6 +422,35 @@ fn spawn_writer(
     }
 }
 
+/// Starts `f(&args)` in a new process created with `clone(flags)` and exit signal 0 (the
+/// program's own `wait()` and `SIGCHLD` handler never see it; the runtime reaps it with
+/// `__WALL`), on the arena's writer stack, with `args` placed at its top.
+///
+/// # Safety
+/// Nothing else may use the writer stack until the process is reaped, and `f` must be safe to
+/// run in it (see [`syscall::spawn`]) with a pointer to `args`.
+unsafe fn spawn_on_writer_stack<T>(
+    arena: &mut Arena,
+    flags: i32,
+    args: T,
+    f: extern "C" fn(*mut c_void) -> i32,
+) -> syscall::SysResult<i32> {
+    let slot = (arena.writer_stack_top - size_of::<T>()) & !63;
+    // SAFETY: the slot lies in the writer stack, unused by anything else (the caller's
+    // contract), and is aligned for T (at most 64-byte alignment here).
+    unsafe { core::ptr::write(slot as *mut T, args) };
+    // SAFETY: the stack below `slot` is the new process's own; the caller vouches for `f`.
+    unsafe { syscall::spawn(flags, slot & !15, f, slot as *mut c_void) }
+}
+
+/// Makes the calling writer process die with the program (`PR_SET_PDEATHSIG`), and says
+/// whether the program is already gone: an orphan must neither commit a checkpoint the
+/// restarting program does not expect nor hold the store's lock.
+fn orphaned(parent: i32) -> bool {
+    let _ = syscall::set_parent_death_signal(libc::SIGKILL);
+    syscall::getppid() != parent
+}
+
 /// The writer process: writes (or writes out) the image, commits it, reports, exits.
 ///
 /// Runs either in a copy of the process taken at the checkpoint (its memory is the image's) or,
@@ -437,10 +460,7 @@ fn spawn_writer(
 extern "C" fn writer_main(arg: *mut c_void) -> i32 {
     // SAFETY: `arg` is the WriterArgs spawn_writer placed on this stack.
     let a = unsafe { &mut *(arg as *mut WriterArgs) };
-    // Dies with the program: an orphan must neither commit a checkpoint the restarting program
-    // does not expect nor hold the store's lock.
-    let _ = syscall::set_parent_death_signal(libc::SIGKILL);
-    if syscall::getppid() != a.parent {
+    if orphaned(a.parent) {
         syscall::exit_group(3);
     }
     // SAFETY: the runtime outlives the writer (the parent reaps it first), or this is a copy.
@@ -505,30 +525,20 @@ fn spawn_deleter(rt: &Runtime, arena: &mut Arena, retired: &store::Retired) -> i
     extern "C" fn deleter_main(arg: *mut c_void) -> i32 {
         // SAFETY: the DeleterArgs spawn_deleter placed on this stack.
         let a = unsafe { &*(arg as *const DeleterArgs) };
-        let _ = syscall::set_parent_death_signal(libc::SIGKILL);
-        if syscall::getppid() == a.parent {
+        if !orphaned(a.parent) {
             store::delete_retired(a.dir_fd, &a.retired);
         }
         0
     }
-    let slot = (arena.writer_stack_top - size_of::<DeleterArgs>()) & !63;
     let args = DeleterArgs {
         dir_fd: rt.dir_fd,
         retired: *retired,
         parent: syscall::getpid(),
     };
     // SAFETY: the writer stack is unused by the in-place policies (whose pause this is), and
-    // the runtime reaps the deleter before the next capture; the slot is aligned.
-    unsafe { core::ptr::write(slot as *mut DeleterArgs, args) };
-    // SAFETY: `deleter_main` only makes raw system calls on its arguments and its own stack.
-    match unsafe {
-        syscall::spawn(
-            libc::CLONE_VM,
-            slot & !15,
-            deleter_main,
-            slot as *mut c_void,
-        )
-    } {
+    // the runtime reaps the deleter before the next capture; `deleter_main` only makes raw
+    // system calls on its arguments and its own stack.
+    match unsafe { spawn_on_writer_stack(arena, libc::CLONE_VM, args, deleter_main) } {
         Ok(pid) => pid,
         Err(_) => {
             store::delete_retired(rt.dir_fd, retired);

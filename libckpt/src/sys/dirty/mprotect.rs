@@ -46,6 +46,15 @@ const NAME: &str = "mprotect";
 /// Tracked ranges at most (the handler's table is static).
 const MAX_RANGES: usize = 256;
 const RW: i32 = libc::PROT_READ | libc::PROT_WRITE;
+/// Signals the kernel raises synchronously on a faulting instruction: never blocked around our
+/// work (a blocked synchronous fault kills the process).
+const SYNC_SIGNALS: [i32; 5] = [
+    libc::SIGSEGV,
+    libc::SIGBUS,
+    libc::SIGILL,
+    libc::SIGFPE,
+    libc::SIGTRAP,
+];
 /// `si_code` of a fault on a mapped page without the needed permission (asm-generic/siginfo.h).
 const SEGV_ACCERR: i32 = 2;
 
@@ -325,15 +334,7 @@ pub(crate) fn reprotect(
     if PROTECTIONS.load(Ordering::Acquire) & 1 == 0 {
         return call();
     }
-    let sync = [
-        libc::SIGSEGV,
-        libc::SIGBUS,
-        libc::SIGILL,
-        libc::SIGFPE,
-        libc::SIGTRAP,
-    ]
-    .iter()
-    .fold(0u64, |m, &s| m | 1 << (s - 1));
+    let sync = SYNC_SIGNALS.iter().fold(0u64, |m, &s| m | 1 << (s - 1));
     let mut old = 0u64;
     let _ = syscall::sigprocmask(libc::SIG_BLOCK, Some(&!sync), Some(&mut old));
     let (lo, hi) = super::page_span(start, start.saturating_add(len));
@@ -480,13 +481,7 @@ fn install() -> Result<(), DirtyError> {
     // SAFETY: `sa_mask` is a valid sigset_t to fill.
     unsafe {
         libc::sigfillset(&mut act.sa_mask);
-        for sync in [
-            libc::SIGSEGV,
-            libc::SIGBUS,
-            libc::SIGILL,
-            libc::SIGFPE,
-            libc::SIGTRAP,
-        ] {
+        for sync in SYNC_SIGNALS {
             libc::sigdelset(&mut act.sa_mask, sync);
         }
     }
