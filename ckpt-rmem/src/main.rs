@@ -12,7 +12,13 @@
 //!   for a tiered store, copies committed generations to the local directory.
 //! - `fetch --into DIR`: writes the newest generation whose chain can be read, and its chain, as
 //!   image files `gen-<20 digits>.ckpt` into DIR; prints `generation`, `chain`, `highest`,
-//!   `bytes` and `from` lines. Exit 2: nothing committed.
+//!   `bytes` and `from` lines. Exit 2: nothing committed. With `--generation G`, that generation
+//!   and its chain (an error if it cannot be read). With `--all`, every committed generation,
+//!   each on its own, printing `servers UP TOTAL` and one line per generation, newest first:
+//!   `gen G parent P bytes N from remote|degraded|disk|copy` or `gen G error MESSAGE`. With
+//!   `--meta`, only each image's header and manifest are written (the page data is left a hole
+//!   of the file), for readers that do not check page data. `--progress-fd N` draws a progress
+//!   bar of the transfer on descriptor N when it is a terminal.
 //! - `status`: checks the servers, the key and the data key (creating a missing default data
 //!   key with `--create-key`); prints `highest` (the newest committed generation, 0 if none).
 //! - `clear`: removes every generation of the pool; prints `removed`.
@@ -94,12 +100,17 @@ struct Opts {
     log: String,
     ppid: Option<i32>,
     into: Option<PathBuf>,
+    generation: Option<u64>,
+    all: bool,
+    meta: bool,
+    progress_fd: Option<i32>,
 }
 
 const USAGE: &str = "usage: ckpt-rmem put|fetch|status|clear --servers H:P,... --key FILE \
     (--data-key FILE [--create-key] | --plaintext) --redundancy R --pool HEX32 --dir DIR \
     [--tiered] [--no-fallback] [--min-free BYTES] [--chunk BYTES] [--timeout-ms MS] \
-    [--width N] [--log off|warn|info|debug] [--ppid PID] [--into DIR]";
+    [--width N] [--log off|warn|info|debug] [--ppid PID] [--into DIR] \
+    [--generation G | --all] [--meta] [--progress-fd N]";
 
 fn parse_args(args: &[String]) -> Result<Opts> {
     let mut o = Opts {
@@ -145,6 +156,10 @@ fn parse_args(args: &[String]) -> Result<Opts> {
             "--log" => o.log = val()?,
             "--ppid" => o.ppid = Some(num(val()?)? as i32),
             "--into" => o.into = Some(val()?.into()),
+            "--generation" => o.generation = Some(num(val()?)?),
+            "--all" => o.all = true,
+            "--meta" => o.meta = true,
+            "--progress-fd" => o.progress_fd = Some(num(val()?)? as i32),
             _ => return Err(format!("unknown argument {a}; {USAGE}")),
         }
     }
@@ -156,6 +171,11 @@ fn parse_args(args: &[String]) -> Result<Opts> {
     }
     if !o.plaintext && o.data_key.is_none() {
         return Err("give --data-key FILE or --plaintext".into());
+    }
+    if o.all && o.generation.is_some() {
+        return Err(format!(
+            "--all and --generation exclude each other; {USAGE}"
+        ));
     }
     Ok(o)
 }
@@ -557,7 +577,7 @@ fn prune(pool: &mut Pool, current: u64, keep: u64) {
     }
 }
 
-/// `fetch`: the newest restorable generation and its chain as image files.
+/// `fetch`: generations and their chains as image files (see the module's documentation).
 fn fetch(o: &Opts) -> Result<i32> {
     let into = o.into.as_deref().ok_or("fetch needs --into DIR")?;
     let _lock = lock(&o.dir)?;
@@ -577,28 +597,32 @@ fn fetch(o: &Opts) -> Result<i32> {
         println!("highest 0");
         return Ok(2);
     };
+    let servers = (up, servers.len());
+    if o.all {
+        return fetch_all(o, &mut pool, &gens, into, servers);
+    }
+    let candidates = match o.generation {
+        Some(g) if gens.contains(&g) => vec![g],
+        Some(g) => {
+            return Err(format!(
+                "generation {g} is not committed in the pool (it holds generation {})",
+                gens.iter()
+                    .map(u64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        None => gens.clone(),
+    };
     let mut first_err: Option<String> = None;
-    for &g in &gens {
+    for &g in &candidates {
         let mut made = Vec::new();
-        match fetch_chain(&mut pool, g, into, &mut made) {
+        let bar = Progress::new(o, chain_bytes(&mut pool, g));
+        let r = fetch_chain(&mut pool, g, into, o.meta, &bar, &mut made);
+        bar.finish();
+        match r {
             Ok((chain, bytes)) => {
-                let from = match pool.info(g) {
-                    Ok(i) => match i.location {
-                        Location::Remote if i.degraded => format!(
-                            "remote memory, degraded ({up} of {} servers up)",
-                            servers.len()
-                        ),
-                        Location::Remote => {
-                            format!("remote memory ({up} of {} servers up)", servers.len())
-                        }
-                        Location::Disk => "the local fallback directory".into(),
-                        Location::Flushed => {
-                            format!("the local copy ({up} of {} servers up)", servers.len())
-                        }
-                    },
-                    Err(_) => "remote memory".into(),
-                };
-                if g != highest {
+                if g != highest && o.generation.is_none() {
                     tracing::warn!(
                         newest = highest,
                         restoring = g,
@@ -616,14 +640,17 @@ fn fetch(o: &Opts) -> Result<i32> {
                 );
                 println!("highest {highest}");
                 println!("bytes {bytes}");
-                println!("from {from}");
+                println!("from {}", from_text(&mut pool, g, servers));
                 return Ok(0);
             }
             Err(e) => {
-                tracing::warn!(generation = g, error = %e, "cannot read this generation; trying the previous one");
                 for p in made {
                     let _ = std::fs::remove_file(p);
                 }
+                if o.generation.is_some() {
+                    return Err(format!("generation {g}: {e}"));
+                }
+                tracing::warn!(generation = g, error = %e, "cannot read this generation; trying the previous one");
                 first_err.get_or_insert(format!("generation {g}: {e}"));
             }
         }
@@ -635,47 +662,103 @@ fn fetch(o: &Opts) -> Result<i32> {
     ))
 }
 
+/// `fetch --all`: every committed generation on its own (a chain link that cannot be read is
+/// reported on its own line and does not stop the others).
+fn fetch_all(
+    o: &Opts,
+    pool: &mut Pool,
+    gens: &[u64],
+    into: &Path,
+    servers: (usize, usize),
+) -> Result<i32> {
+    let total = if o.meta {
+        0
+    } else {
+        gens.iter()
+            .map(|&g| image_bytes(pool, g).unwrap_or(0))
+            .sum()
+    };
+    let bar = Progress::new(o, total);
+    println!("servers {} {}", servers.0, servers.1);
+    for &g in gens {
+        let mut made = Vec::new();
+        match fetch_image(pool, g, into, o.meta, &bar, &mut made) {
+            Ok((parent, bytes)) => {
+                let from = match pool.info(g).map(|i| (i.location, i.degraded)) {
+                    Ok((Location::Remote, false)) => "remote",
+                    Ok((Location::Remote, true)) => "degraded",
+                    Ok((Location::Disk, _)) => "disk",
+                    Ok((Location::Flushed, _)) => "copy",
+                    Err(_) => "remote",
+                };
+                println!("gen {g} parent {parent} bytes {bytes} from {from}");
+            }
+            Err(e) => {
+                for p in made {
+                    let _ = std::fs::remove_file(p);
+                }
+                println!("gen {g} error {}", e.replace('\n', " "));
+            }
+        }
+    }
+    bar.finish();
+    Ok(0)
+}
+
+/// Where generation `g` is read from, for the restore's log line.
+fn from_text(pool: &mut Pool, g: u64, (up, n): (usize, usize)) -> String {
+    match pool.info(g) {
+        Ok(i) => match i.location {
+            Location::Remote if i.degraded => {
+                format!("remote memory, degraded ({up} of {n} servers up)")
+            }
+            Location::Remote => format!("remote memory ({up} of {n} servers up)"),
+            Location::Disk => "the local fallback directory".into(),
+            Location::Flushed => format!("the local copy ({up} of {n} servers up)"),
+        },
+        Err(_) => "remote memory".into(),
+    }
+}
+
+/// The image length of committed generation `g`, from its user manifest.
+fn image_bytes(pool: &mut Pool, g: u64) -> Option<u64> {
+    let m = pool.manifest(g).ok()?;
+    parse_user(&m.user).map(|(_, _, total)| total)
+}
+
+/// Bytes of generation `g` and every image it builds on (what a fetch of it transfers), as far
+/// as the manifests can be read.
+fn chain_bytes(pool: &mut Pool, g: u64) -> u64 {
+    let mut total = 0;
+    let mut at = g;
+    while at != 0 {
+        let Some((_, parent, bytes)) = pool.manifest(at).ok().and_then(|m| parse_user(&m.user))
+        else {
+            break;
+        };
+        total += bytes;
+        at = if parent < at { parent } else { 0 };
+    }
+    total
+}
+
 /// Writes generation `g` and the images it builds on into `into`; returns the chain (newest
 /// first) and the bytes written. Files created are added to `made`.
 fn fetch_chain(
     pool: &mut Pool,
     g: u64,
     into: &Path,
+    meta: bool,
+    bar: &Progress,
     made: &mut Vec<PathBuf>,
 ) -> Result<(Vec<u64>, u64)> {
     let mut chain = Vec::new();
     let mut bytes = 0;
     let mut at = g;
     loop {
-        let mut r = pool.read_generation(at).map_err(|e| e.to_string())?;
-        let (gen_, parent, total) = parse_user(r.user_manifest())
-            .ok_or_else(|| format!("generation {at} is not a checkpoint image"))?;
-        if gen_ != at || total > proto::MAX_IMAGE {
-            return Err(format!("generation {at}: inconsistent image record"));
-        }
-        let path = into.join(format!("gen-{at:020}.ckpt"));
-        let f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(|e| format!("create {}: {e}", path.display()))?;
-        made.push(path.clone());
-        f.set_len(total)
-            .map_err(|e| format!("size {}: {e}", path.display()))?;
-        r.read_all(|addr, b| {
-            if addr.saturating_add(b.len() as u64) > total {
-                return Err(PoolError::NotPresent {
-                    generation: at,
-                    addr,
-                    len: b.len() as u64,
-                });
-            }
-            f.write_all_at(b, addr).map_err(PoolError::Io)
-        })
-        .map_err(|e| e.to_string())?;
+        let (parent, n) = fetch_image(pool, at, into, meta, bar, made)?;
         chain.push(at);
-        bytes += total;
+        bytes += n;
         if parent == 0 {
             return Ok((chain, bytes));
         }
@@ -685,6 +768,122 @@ fn fetch_chain(
             ));
         }
         at = parent;
+    }
+}
+
+/// Offsets in an image's header (`libckpt/IMAGE-FORMAT.md`): `manifest_offset`,
+/// `manifest_len` and `total_len`, and the header's size.
+mod header {
+    pub const MANIFEST_OFFSET: usize = 56;
+    pub const MANIFEST_LEN: usize = 64;
+    pub const TOTAL_LEN: usize = 72;
+    pub const SIZE: u64 = 88;
+}
+
+/// Writes generation `g` as the image file `gen-<20 digits>.ckpt` in `into` (with `meta`, only
+/// its header and manifest); returns its parent and its length.
+fn fetch_image(
+    pool: &mut Pool,
+    g: u64,
+    into: &Path,
+    meta: bool,
+    bar: &Progress,
+    made: &mut Vec<PathBuf>,
+) -> Result<(u64, u64)> {
+    let mut r = pool.read_generation(g).map_err(|e| e.to_string())?;
+    let (gen_, parent, total) = parse_user(r.user_manifest())
+        .ok_or_else(|| format!("generation {g} is not a checkpoint image"))?;
+    if gen_ != g || total > proto::MAX_IMAGE {
+        return Err(format!("generation {g}: inconsistent image record"));
+    }
+    let path = into.join(format!("gen-{g:020}.ckpt"));
+    let f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| format!("create {}: {e}", path.display()))?;
+    made.push(path.clone());
+    f.set_len(total)
+        .map_err(|e| format!("size {}: {e}", path.display()))?;
+    let write = |addr: u64, b: &[u8]| -> Result<(), PoolError> {
+        if addr.saturating_add(b.len() as u64) > total {
+            return Err(PoolError::NotPresent {
+                generation: g,
+                addr,
+                len: b.len() as u64,
+            });
+        }
+        f.write_all_at(b, addr).map_err(PoolError::Io)
+    };
+    if meta {
+        // The header, then the manifest it points to; a header that does not point inside the
+        // image is written as it is, for the reader to report.
+        let h = r.get(0, header::SIZE).map_err(|e| e.to_string())?;
+        write(0, &h).map_err(|e| e.to_string())?;
+        let u = |i: usize| u64::from_le_bytes(h[i..i + 8].try_into().unwrap_or([0; 8]));
+        let (off, len) = (u(header::MANIFEST_OFFSET), u(header::MANIFEST_LEN));
+        if u(header::TOTAL_LEN) == total
+            && off >= header::SIZE
+            && off.checked_add(len) == Some(total)
+        {
+            let m = r.get(off, len).map_err(|e| e.to_string())?;
+            write(off, &m).map_err(|e| e.to_string())?;
+        }
+    } else {
+        r.read_all(|addr, b| {
+            write(addr, b)?;
+            bar.inc(b.len() as u64);
+            Ok(())
+        })
+        .map_err(|e| e.to_string())?;
+    }
+    Ok((parent, total))
+}
+
+/// A progress bar of a transfer on the descriptor `--progress-fd` names, drawn only when that is
+/// a terminal and the transfer is large enough to take a noticeable time.
+struct Progress(Option<indicatif::ProgressBar>);
+
+impl Progress {
+    /// Below this, a transfer takes well under a second even at 100 Mb/s: no bar.
+    const MIN_BYTES: u64 = 16 << 20;
+
+    fn new(o: &Opts, total: u64) -> Progress {
+        let fd = match o.progress_fd {
+            Some(fd) if total >= Self::MIN_BYTES => fd,
+            _ => return Progress(None),
+        };
+        let Some(out) = sys::file_of_fd(fd) else {
+            return Progress(None);
+        };
+        let term = console::Term::read_write_pair(std::io::stdin(), out);
+        if !term.is_term() {
+            return Progress(None);
+        }
+        let pb = indicatif::ProgressBar::with_draw_target(
+            Some(total),
+            indicatif::ProgressDrawTarget::term(term, 10),
+        );
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} {eta}",
+        ) {
+            pb.set_style(style.progress_chars("=> "));
+        }
+        pb.set_message("fetching from remote memory");
+        Progress(Some(pb))
+    }
+
+    fn inc(&self, n: u64) {
+        if let Some(pb) = &self.0 {
+            pb.inc(n);
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(pb) = &self.0 {
+            pb.finish_and_clear();
+        }
     }
 }
 

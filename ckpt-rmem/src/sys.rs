@@ -87,3 +87,11 @@ pub fn exit_now(code: i32) -> ! {
     // SAFETY: ends the process.
     unsafe { libc::_exit(code) }
 }
+
+/// A file owning a duplicate of descriptor `fd` (`None` if `fd` is not open).
+pub fn file_of_fd(fd: i32) -> Option<File> {
+    // SAFETY: F_DUPFD_CLOEXEC makes a new descriptor, owned by the returned file alone.
+    let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) };
+    // SAFETY: `dup` is a fresh descriptor nobody else owns.
+    (dup >= 0).then(|| unsafe { File::from_raw_fd(dup) })
+}

@@ -26,6 +26,7 @@ pub use config::{
     BusyMode, Config, ConfigError, LogLevel, Policy, RemoteStore, RestoreMode, Store,
 };
 pub use error::{Error, Result};
+pub use remote::{RemoteImages, StageWhat, Staged, StagedGeneration};
 /// Dirty-page trackers for incremental checkpoints (also used by the benchmarks).
 pub use sys::dirty;
 

@@ -313,6 +313,8 @@ pub(crate) struct Helper {
     rmem_log: Option<String>,
     /// The specification, for messages.
     pub spec: String,
+    /// Whether fetches draw a progress bar on our standard error (a terminal, logging on).
+    progress: bool,
 }
 
 /// A generation `fetch` staged for a restore.
@@ -333,8 +335,14 @@ pub(crate) struct Fetched {
 impl Helper {
     /// Finds the helper and derives the pool's namespace, local directory and data key.
     pub fn prepare(r: &RemoteStore, log: LogLevel) -> Result<Helper> {
+        Helper::prepare_for(r, log, None)
+    }
+
+    /// [`Helper::prepare`] for the pool of the program at `exe` (without `pool=`, the pool is
+    /// named after the program's path), `None`: this process's own.
+    fn prepare_for(r: &RemoteStore, log: LogLevel, exe: Option<&Path>) -> Result<Helper> {
         let path = find_helper()?;
-        let pool = pool_id(r)?;
+        let pool = pool_id(r, exe)?;
         let pool_hex: String = pool.iter().map(|b| format!("{b:02x}")).collect();
         let dir = match &r.dir {
             Some(d) => d.clone(),
@@ -395,6 +403,8 @@ impl Helper {
             args,
             rmem_log: std::env::var("RMEM_LOG").ok(),
             spec: r.spec.clone(),
+            // SAFETY: isatty only looks at the descriptor.
+            progress: log != LogLevel::Off && unsafe { libc::isatty(2) } == 1,
         })
     }
 
@@ -442,6 +452,10 @@ impl Helper {
         if let Some(v) = &self.rmem_log {
             c.env("RMEM_LOG", v);
         }
+        // The progress bar draws only for a terminal type it knows.
+        if let Some(t) = std::env::var_os("TERM") {
+            c.env("TERM", t);
+        }
         c.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -451,22 +465,39 @@ impl Helper {
     /// Runs a command; returns (exit code, stdout). The helper's log lines are passed on to
     /// our standard error; a failure becomes an error carrying its last line.
     fn run(&self, mode: &str, extra: &[&OsStr], ok: &[i32]) -> Result<(i32, String)> {
-        let out = self
-            .command(mode)
-            .args(extra)
-            .output()
-            .map_err(|e| Error::Io {
-                op: "run the remote store's helper",
-                path: self.path.clone(),
-                source: e,
-            })?;
+        let mut c = self.command(mode);
+        c.args(extra);
+        // A long fetch draws its progress on our terminal: a copy of our standard error the
+        // helper inherits (its own standard error is the pipe its messages are read from).
+        let tty = if self.progress && mode == "fetch" {
+            // SAFETY: fcntl duplicates a descriptor of ours; the copy is closed below.
+            let fd = unsafe { libc::fcntl(2, libc::F_DUPFD, 3) };
+            if fd >= 0 {
+                c.arg("--progress-fd").arg(fd.to_string());
+            }
+            fd
+        } else {
+            -1
+        };
+        let out = c.output();
+        if tty >= 0 {
+            let _ = syscall::close(tty);
+        }
+        let out = out.map_err(|e| Error::Io {
+            op: "run the remote store's helper",
+            path: self.path.clone(),
+            source: e,
+        })?;
         let err = String::from_utf8_lossy(&out.stderr);
         let mut last = String::new();
+        let code = out.status.code().unwrap_or(-1);
         for l in err.lines().filter(|l| !l.trim().is_empty()) {
-            eprintln!("{l}");
+            // The error line itself becomes the error returned, not a second message.
+            if !l.starts_with("ckpt-rmem: error: ") || ok.contains(&code) {
+                eprintln!("{l}");
+            }
             last = l.trim().to_string();
         }
-        let code = out.status.code().unwrap_or(-1);
         if !ok.contains(&code) {
             let why = last
                 .strip_prefix("ckpt-rmem: error: ")
@@ -490,7 +521,14 @@ impl Helper {
     /// Stages the newest restorable generation and its chain as image files in `into`;
     /// `Ok(None)` when nothing is committed (then the highest generation is also 0).
     pub fn fetch(&self, into: &Path) -> Result<Option<Fetched>> {
-        let (code, out) = self.run("fetch", &[OsStr::new("--into"), into.as_os_str()], &[0, 2])?;
+        self.fetch_with(into, &[])
+    }
+
+    /// [`Helper::fetch`] with more of `fetch`'s options (`--generation G`, `--meta`).
+    fn fetch_with(&self, into: &Path, more: &[&OsStr]) -> Result<Option<Fetched>> {
+        let mut extra = vec![OsStr::new("--into"), into.as_os_str()];
+        extra.extend_from_slice(more);
+        let (code, out) = self.run("fetch", &extra, &[0, 2])?;
         if code == 2 {
             return Ok(None);
         }
@@ -551,8 +589,9 @@ fn fnv(seed: u64, bytes: &[u8]) -> u64 {
 
 /// The pool's 16-byte namespace: `pool=` (32 hex digits, or up to 16 characters, zero-padded,
 /// as `rmem-inspect` and `ckpt servers` take it), else a hash of the executable's path, so
-/// that different programs sharing servers never see each other's generations.
-fn pool_id(r: &RemoteStore) -> Result<[u8; 16]> {
+/// that different programs sharing servers never see each other's generations (`exe`: that
+/// path; `None`: this process's executable).
+fn pool_id(r: &RemoteStore, exe: Option<&Path>) -> Result<[u8; 16]> {
     let mut id = [0u8; 16];
     if let Some(p) = &r.pool {
         if p.len() == 32 && p.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -565,11 +604,14 @@ fn pool_id(r: &RemoteStore) -> Result<[u8; 16]> {
         }
         return Ok(id);
     }
-    let exe = std::fs::read_link("/proc/self/exe").map_err(|e| Error::Io {
-        op: "readlink",
-        path: "/proc/self/exe".into(),
-        source: e,
-    })?;
+    let exe = match exe {
+        Some(p) => p.to_path_buf(),
+        None => std::fs::read_link("/proc/self/exe").map_err(|e| Error::Io {
+            op: "readlink",
+            path: "/proc/self/exe".into(),
+            source: e,
+        })?,
+    };
     let b = exe.as_os_str().as_bytes();
     id[..8].copy_from_slice(&fnv(0xcbf2_9ce4_8422_2325, b).to_le_bytes());
     id[8..].copy_from_slice(&fnv(0x6c62_272e_07bb_0142, b).to_le_bytes());
@@ -692,6 +734,180 @@ fn library_dir() -> Option<PathBuf> {
     p.parent().map(Path::to_path_buf)
 }
 
+/// What [`RemoteImages::stage`] writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StageWhat {
+    /// The newest generation whose whole chain can be read (what a restore would fetch), and
+    /// its chain.
+    Newest,
+    /// This committed generation and its chain.
+    Generation(u64),
+    /// Every committed generation, each on its own: one that cannot be read is reported, not
+    /// an error.
+    All,
+}
+
+/// One generation [`RemoteImages::stage`] wrote, or could not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StagedGeneration {
+    /// The generation.
+    pub generation: u64,
+    /// The generation it builds on (0: a full image); 0 when it could not be read.
+    pub parent: u64,
+    /// Length of its image.
+    pub bytes: u64,
+    /// Where it is: `remote`, `degraded` (remote memory, some shards lost, covered by the
+    /// redundancy), `disk` (the local fallback directory) or `copy` (only the tiered store's local
+    /// copy); empty when it could not be read.
+    pub location: String,
+    /// Why it could not be read.
+    pub error: Option<String>,
+}
+
+/// What [`RemoteImages::stage`] wrote.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Staged {
+    /// `Newest` and `Generation`: the chain written, newest first.
+    pub chain: Vec<u64>,
+    /// `Newest` and `Generation`: where it was read from, as a restore logs it.
+    pub from: String,
+    /// `All`: every committed generation, newest first.
+    pub generations: Vec<StagedGeneration>,
+    /// `All`: (servers connected, servers configured).
+    pub servers: (usize, usize),
+    /// The highest generation committed in the pool.
+    pub highest: u64,
+}
+
+/// A remote store's images, read from outside the program that wrote them (the `ckpt` command's
+/// `ls`, `inspect` and `verify`). [`RemoteImages::stage`] fetches them through the `ckpt-rmem`
+/// helper, as a restore does, into a private memory-backed directory as image files in the
+/// format of a directory store (`IMAGE-FORMAT.md`), which any image reader can then check; the
+/// directory goes when this is dropped. Reading takes the store's helper lock for the time of
+/// the transfer, never the program's store lock: a running program goes on checkpointing.
+#[derive(Debug)]
+pub struct RemoteImages {
+    helper: Helper,
+    staging: Staging,
+}
+
+impl RemoteImages {
+    /// The images of `store`. Without `pool=` a pool is named after its program's path:
+    /// `program` is that program (its path as the running program's `/proc/self/exe` would
+    /// read: absolute, symbolic links resolved).
+    pub fn open(store: &RemoteStore, program: Option<&Path>) -> Result<RemoteImages> {
+        if store.pool.is_none() && program.is_none() {
+            return Err(Error::Checkpoint(format!(
+                "remote store {}: without pool=, a pool is named after the program that wrote \
+                 it; name the program (or give pool=)",
+                store.spec
+            )));
+        }
+        let helper = Helper::prepare_for(store, LogLevel::Info, program)?;
+        Ok(RemoteImages {
+            helper,
+            staging: Staging::new()?,
+        })
+    }
+
+    /// The store's local directory (its lock, the disk fallback, the tiered copy).
+    pub fn local_dir(&self) -> &Path {
+        &self.helper.dir
+    }
+
+    /// The highest generation committed in the pool (0: none), without reading any image.
+    pub fn highest(&self) -> Result<u64> {
+        self.helper.status()
+    }
+
+    /// The directory the images are written to.
+    pub fn staging_dir(&self) -> &Path {
+        &self.staging.0
+    }
+
+    /// Writes `what` into [`RemoteImages::staging_dir`] as `gen-<20 digits>.ckpt` files; with
+    /// `meta`, only each image's header and manifest (the page data is a hole of the file),
+    /// which is enough for everything but checking the page data's checksums. A long transfer
+    /// draws a progress bar on standard error when that is a terminal. `Ok(None)`: nothing is
+    /// committed in the pool.
+    pub fn stage(&self, what: StageWhat, meta: bool) -> Result<Option<Staged>> {
+        let into = self.staging_dir();
+        // What an earlier call staged goes first.
+        if let Ok(entries) = std::fs::read_dir(into) {
+            for e in entries.flatten() {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        let g;
+        let mut more: Vec<&OsStr> = Vec::new();
+        match what {
+            StageWhat::Newest => {}
+            StageWhat::Generation(n) => {
+                g = n.to_string();
+                more.extend([OsStr::new("--generation"), OsStr::new(g.as_str())]);
+            }
+            StageWhat::All => more.push(OsStr::new("--all")),
+        }
+        if meta {
+            more.push(OsStr::new("--meta"));
+        }
+        if what != StageWhat::All {
+            return Ok(self.helper.fetch_with(into, &more)?.map(|f| Staged {
+                chain: f.chain,
+                from: f.from,
+                highest: f.highest,
+                ..Staged::default()
+            }));
+        }
+        let mut extra = vec![OsStr::new("--into"), into.as_os_str()];
+        extra.extend_from_slice(&more);
+        let (code, out) = self.helper.run("fetch", &extra, &[0, 2])?;
+        if code == 2 {
+            return Ok(None);
+        }
+        Ok(Some(parse_all(&out)))
+    }
+}
+
+/// The output of `ckpt-rmem fetch --all`.
+fn parse_all(out: &str) -> Staged {
+    let mut s = Staged::default();
+    for l in out.lines() {
+        let w: Vec<&str> = l.splitn(4, ' ').collect();
+        let num = |i: usize| w.get(i).and_then(|v| v.parse::<u64>().ok());
+        match (w.first(), w.get(2)) {
+            (Some(&"servers"), _) => {
+                s.servers = (num(1).unwrap_or(0) as usize, num(2).unwrap_or(0) as usize)
+            }
+            (Some(&"gen"), Some(&"error")) => s.generations.push(StagedGeneration {
+                generation: num(1).unwrap_or(0),
+                parent: 0,
+                bytes: 0,
+                location: String::new(),
+                error: Some(w.get(3).unwrap_or(&"").to_string()),
+            }),
+            (Some(&"gen"), _) => {
+                // gen G parent P bytes N from WHERE
+                let f: Vec<&str> = l.split_whitespace().collect();
+                let at = |k: &str| f.iter().position(|x| *x == k).and_then(|i| f.get(i + 1));
+                let n = |k: &str| at(k).and_then(|v| v.parse().ok()).unwrap_or(0);
+                s.generations.push(StagedGeneration {
+                    generation: num(1).unwrap_or(0),
+                    parent: n("parent"),
+                    bytes: n("bytes"),
+                    location: at("from").map_or("remote", |v| v).to_string(),
+                    error: None,
+                });
+            }
+            _ => {}
+        }
+    }
+    s.highest = s.generations.first().map_or(0, |g| g.generation);
+    s
+}
+
 /// A private, memory-backed directory for the images a restore fetches: under `/dev/shm` (else
 /// `$XDG_RUNTIME_DIR`, else the temporary directory), mode 0700. Removed on drop.
 #[derive(Debug)]
@@ -792,6 +1008,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn fetch_all_output_parses() {
+        let s = parse_all(
+            "servers 2 3\ngen 9 parent 8 bytes 4096 from degraded\ngen 8 error data lost, stripe 0\ngen 7 parent 0 bytes 81920 from copy\n",
+        );
+        assert_eq!(s.servers, (2, 3));
+        assert_eq!(s.highest, 9);
+        assert_eq!(s.generations.len(), 3);
+        assert_eq!((s.generations[0].parent, s.generations[0].bytes), (8, 4096));
+        assert_eq!(s.generations[0].location, "degraded");
+        assert_eq!(
+            s.generations[1].error.as_deref(),
+            Some("data lost, stripe 0")
+        );
+        assert_eq!(s.generations[2].location, "copy");
+    }
+
+    #[test]
     fn replies_parse() {
         let mut b = [0u8; proto::REPLY];
         b[..4].copy_from_slice(&proto::REPLY_MAGIC.to_le_bytes());
@@ -808,10 +1041,10 @@ mod tests {
     #[test]
     fn pool_ids() {
         let mut r = RemoteStore::parse("rmem://a:1?key=/k&pool=job-7").unwrap();
-        assert_eq!(&pool_id(&r).unwrap()[..6], b"job-7\0");
+        assert_eq!(&pool_id(&r, None).unwrap()[..6], b"job-7\0");
         r.pool = Some("00112233445566778899aabbccddeeff".into());
-        assert_eq!(pool_id(&r).unwrap()[15], 0xff);
+        assert_eq!(pool_id(&r, None).unwrap()[15], 0xff);
         r.pool = None;
-        assert_eq!(&pool_id(&r).unwrap()[..2], b"ck");
+        assert_eq!(&pool_id(&r, None).unwrap()[..2], b"ck");
     }
 }
