@@ -113,6 +113,9 @@ pub enum CliError {
         /// What failed.
         reason: String,
     },
+    /// Reading a remote store failed (the helper's message).
+    #[error("{0}")]
+    Remote(String),
     /// JSON output failed.
     #[error("cannot write JSON: {0}")]
     Json(#[from] serde_json::Error),

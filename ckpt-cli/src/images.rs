@@ -349,7 +349,12 @@ pub fn store_files(dir: &Path) -> Result<Vec<StoreFile>, ImageError> {
 
 /// The committed image file of generation `g` in `dir`.
 pub fn committed_path(dir: &Path, g: u64) -> PathBuf {
-    dir.join(store::name(g, store::IMAGE).as_str())
+    dir.join(committed_name(g))
+}
+
+/// The file name of committed generation `g`.
+pub fn committed_name(g: u64) -> String {
+    store::name(g, store::IMAGE).as_str().to_string()
 }
 
 /// Checks images and the chains they build on, each image once.

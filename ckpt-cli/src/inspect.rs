@@ -4,7 +4,6 @@
 //! Addresses are shown (and written in JSON) as `0x` hex strings: some, such as
 //! `[vsyscall]`'s, do not fit the 53 bits a JSON reader's floating-point numbers hold.
 
-use std::io::Write as _;
 use std::process::ExitCode;
 
 use ckpt::image::{self, Manifest};
@@ -252,17 +251,27 @@ fn hex(v: u64) -> String {
 
 /// Runs `ckpt inspect`.
 pub fn inspect(t: &ImageTarget, list_runs: bool, json: bool) -> Result<ExitCode> {
+    write(&mut std::io::stdout().lock(), t, list_runs, json)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Decodes the image `t` names and writes it as text or JSON.
+pub fn write(
+    w: &mut dyn std::io::Write,
+    t: &ImageTarget,
+    list_runs: bool,
+    json: bool,
+) -> Result<()> {
     let (path, state) = images::resolve(t)?;
     let img = images::open(&path)?;
     let out = build(&img, state, &t.dir, list_runs);
-    let mut w = std::io::stdout().lock();
     if json {
-        serde_json::to_writer_pretty(&mut w, &out)?;
+        serde_json::to_writer_pretty(&mut *w, &out)?;
         let _ = writeln!(w);
     } else {
-        print_text(&mut w, &out);
+        print_text(w, &out);
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 /// Decodes `img` (in store `dir`, for its chain).
@@ -490,7 +499,7 @@ fn chain(img: &images::Image, dir: &std::path::Path) -> Vec<LinkOut> {
     out
 }
 
-fn print_text(w: &mut impl std::io::Write, o: &Inspection) {
+fn print_text(w: &mut dyn std::io::Write, o: &Inspection) {
     let h = &o.header;
     let p = &o.process;
     let state = o

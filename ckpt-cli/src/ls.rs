@@ -1,6 +1,5 @@
 //! `ckpt ls`: every generation file of a store, and the generation a restore would use.
 
-use std::io::Write as _;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -22,6 +21,20 @@ pub struct Listing {
     pub generations: Vec<Entry>,
     /// What a restore would do now.
     pub restore: Restore,
+    /// A remote store: its servers and local directory; absent for a directory store.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote: Option<RemoteState>,
+}
+
+/// The state of a remote store, as `ls` read it.
+#[derive(Debug, Serialize)]
+pub struct RemoteState {
+    /// Servers that answered.
+    pub servers_up: usize,
+    /// Servers of the store.
+    pub servers: usize,
+    /// Its local directory (lock, disk fallback, tiered copy).
+    pub local_dir: String,
 }
 
 /// One generation file.
@@ -53,6 +66,11 @@ pub struct Entry {
     pub problem: Option<String>,
     /// Whether a restore would use this generation.
     pub restore: bool,
+    /// A remote store: where the generation is (`remote`, `degraded`, `disk` for the local
+    /// fallback directory, `copy` for only the tiered store's local copy); absent for a
+    /// directory store.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
 }
 
 /// What a restore would do.
@@ -74,21 +92,27 @@ pub struct Restore {
 
 /// Runs `ckpt ls`.
 pub fn ls(dir: &Path, quick: bool, json: bool) -> Result<ExitCode> {
-    let listing = listing(dir, quick)?;
-    let mut out = std::io::stdout().lock();
-    if json {
-        serde_json::to_writer_pretty(&mut out, &listing)?;
-        let _ = writeln!(out);
-    } else {
-        print_text(&mut out, &listing);
-    }
+    let listing = listing(dir, quick, &[])?;
+    write(&mut std::io::stdout().lock(), &listing, json)?;
     Ok(ExitCode::SUCCESS)
 }
 
-/// Builds the listing of `dir`.
-pub fn listing(dir: &Path, quick: bool) -> Result<Listing> {
+/// Writes `listing` as text or JSON.
+pub fn write(out: &mut dyn std::io::Write, listing: &Listing, json: bool) -> Result<()> {
+    if json {
+        serde_json::to_writer_pretty(&mut *out, listing)?;
+        let _ = writeln!(out);
+    } else {
+        print_text(out, listing);
+    }
+    Ok(())
+}
+
+/// Builds the listing of `dir`. `unreadable`: committed generations that have no file there
+/// because they could not be read (a remote store's), with why; they are listed as unusable.
+pub fn listing(dir: &Path, quick: bool, unreadable: &[(u64, String)]) -> Result<Listing> {
     let files = images::store_files(dir)?;
-    if files.is_empty() {
+    if files.is_empty() && unreadable.is_empty() {
         return Err(CliError::StoreEmpty(dir.to_path_buf()));
     }
     let mut entries = Vec::new();
@@ -114,6 +138,7 @@ pub fn listing(dir: &Path, quick: bool) -> Result<Listing> {
             tracker: None,
             problem: None,
             restore: false,
+            location: None,
         };
         match images::open(&f.path) {
             Ok(img) => {
@@ -136,6 +161,28 @@ pub fn listing(dir: &Path, quick: bool) -> Result<Listing> {
             Err(e2) => e.problem = Some(e2.to_string()),
         }
         entries.push(e);
+    }
+    for (g, why) in unreadable {
+        entries.push(Entry {
+            generation: *g,
+            file: images::committed_name(*g),
+            state: FileState::Committed,
+            size: 0,
+            kind: None,
+            parent: None,
+            data_bytes: None,
+            created_ns: None,
+            created: None,
+            policy: None,
+            tracker: None,
+            problem: Some(format!("cannot be read: {why}")),
+            restore: false,
+            location: None,
+        });
+    }
+    if !unreadable.is_empty() {
+        // Newest first, as store_files orders them.
+        entries.sort_by_key(|e| std::cmp::Reverse(e.generation));
     }
     let progress = images::progress(committed_data, "verifying");
     let mut checker = ChainChecker::new(dir, !quick, &progress);
@@ -174,6 +221,7 @@ pub fn listing(dir: &Path, quick: bool) -> Result<Listing> {
         in_use: images::in_use(dir),
         generations: entries,
         restore,
+        remote: None,
     })
 }
 
@@ -189,20 +237,24 @@ fn short(msg: &str, path: &Path) -> String {
     msg.strip_prefix(&p).unwrap_or(msg).to_string()
 }
 
-fn print_text(out: &mut impl std::io::Write, l: &Listing) {
+fn print_text(out: &mut dyn std::io::Write, l: &Listing) {
     let _ = writeln!(
         out,
-        "store {} ({})",
+        "store {} ({}){}",
         l.store,
         if l.in_use {
             "in use by a running program"
         } else {
             "not in use"
-        }
+        },
+        l.remote.as_ref().map_or(String::new(), |r| format!(
+            ": {} of {} servers up; local directory {}",
+            r.servers_up, r.servers, r.local_dir
+        ))
     );
     let _ = writeln!(
         out,
-        "{:>6}  {:<9}  {:<20}  {:>10}  {:>10}  {:<23}  {:<9}  POLICY/TRACKER",
+        "{:>6}  {:<10}  {:<20}  {:>10}  {:>10}  {:<23}  {:<9}  POLICY/TRACKER",
         "GEN", "STATE", "KIND", "FILE", "PAGE DATA", "CREATED (UTC)", "AGE"
     );
     for e in &l.generations {
@@ -213,9 +265,9 @@ fn print_text(out: &mut impl std::io::Write, l: &Listing) {
         };
         let _ = writeln!(
             out,
-            "{:>6}  {:<9}  {:<20}  {:>10}  {:>10}  {:<23}  {:<9}  {}{}",
+            "{:>6}  {:<10}  {:<20}  {:>10}  {:>10}  {:<23}  {:<9}  {}{}",
             e.generation,
-            e.state.name(),
+            e.location.as_deref().unwrap_or(e.state.name()),
             kind,
             text::bytes(e.size),
             e.data_bytes.map(text::bytes).unwrap_or_default(),

@@ -11,6 +11,7 @@ mod images;
 mod inspect;
 mod launch;
 mod ls;
+mod remote;
 mod servers;
 mod spec;
 mod text;
@@ -99,6 +100,10 @@ struct LsArgs {
     /// Store (default: CKPT_STORE or CKPT_DIR).
     #[arg(long, value_name = "S")]
     store: Option<String>,
+    /// A remote store without `pool=`: the program whose checkpoints to read (its pool is named
+    /// after the program's path).
+    #[arg(long, value_name = "PATH")]
+    program: Option<PathBuf>,
     /// Check headers, manifests and chain links only, not the page data's checksums, to find
     /// the generation a restore would use.
     #[arg(long)]
@@ -113,6 +118,10 @@ struct InspectArgs {
     /// Store (default: CKPT_STORE or CKPT_DIR).
     #[arg(long, value_name = "S")]
     store: Option<String>,
+    /// A remote store without `pool=`: the program whose checkpoints to read (its pool is named
+    /// after the program's path).
+    #[arg(long, value_name = "PATH")]
+    program: Option<PathBuf>,
     /// Also list every page run.
     #[arg(long)]
     runs: bool,
@@ -128,6 +137,10 @@ struct VerifyArgs {
     /// Store (default: CKPT_STORE or CKPT_DIR).
     #[arg(long, value_name = "S")]
     store: Option<String>,
+    /// A remote store without `pool=`: the program whose checkpoints to read (its pool is named
+    /// after the program's path).
+    #[arg(long, value_name = "PATH")]
+    program: Option<PathBuf>,
     /// Verify every image file of the store (committed, spare, retired, set aside).
     #[arg(long, conflicts_with = "generation")]
     all: bool,
@@ -160,21 +173,9 @@ fn main() -> ExitCode {
     let result = match cli.cmd {
         Cmd::Run(a) => launch::run(a, false),
         Cmd::Restart(a) => launch::run(a, true),
-        Cmd::Ls(a) => spec::local_store(a.store.as_deref(), "ls")
-            .and_then(|dir| ls::ls(&dir, a.quick, a.json)),
-        Cmd::Inspect(a) => {
-            spec::image_target(a.store.as_deref(), a.generation.as_deref(), "inspect")
-                .and_then(|t| inspect::inspect(&t, a.runs, a.json))
-        }
-        Cmd::Verify(a) => {
-            let target = if a.all {
-                spec::local_store(a.store.as_deref(), "verify").map(verify::Target::All)
-            } else {
-                spec::image_target(a.store.as_deref(), a.generation.as_deref(), "verify")
-                    .map(verify::Target::One)
-            };
-            target.and_then(|t| verify::verify(&t, a.json))
-        }
+        Cmd::Ls(a) => ls(a),
+        Cmd::Inspect(a) => inspect(a),
+        Cmd::Verify(a) => verify(a),
         Cmd::Servers(a) => servers::servers(a.store.as_deref(), a.key_file, &a.stats, a.json),
     };
     match result {
@@ -184,6 +185,48 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn ls(a: LsArgs) -> Result<ExitCode> {
+    match spec::source(a.store.as_deref(), a.program.as_deref(), "ls")? {
+        spec::Source::Local(dir) => ls::ls(&dir, a.quick, a.json),
+        spec::Source::Remote(r, program) => remote::ls(&r, program.as_deref(), a.quick, a.json),
+    }
+}
+
+/// A GENERATION argument of a remote store: a number, or none (a path names a local file).
+fn remote_generation(g: Option<&str>) -> Option<Option<u64>> {
+    match g.map(str::trim) {
+        None => Some(None),
+        Some(g) => g.parse().ok().map(Some),
+    }
+}
+
+fn inspect(a: InspectArgs) -> Result<ExitCode> {
+    if let Some(g) = remote_generation(a.generation.as_deref())
+        && let spec::Source::Remote(r, program) =
+            spec::source(a.store.as_deref(), a.program.as_deref(), "inspect")?
+    {
+        return remote::inspect(&r, program.as_deref(), g, a.runs, a.json);
+    }
+    spec::image_target(a.store.as_deref(), a.generation.as_deref(), "inspect")
+        .and_then(|t| inspect::inspect(&t, a.runs, a.json))
+}
+
+fn verify(a: VerifyArgs) -> Result<ExitCode> {
+    if let Some(g) = remote_generation(a.generation.as_deref())
+        && let spec::Source::Remote(r, program) =
+            spec::source(a.store.as_deref(), a.program.as_deref(), "verify")?
+    {
+        return remote::verify(&r, program.as_deref(), g, a.all, a.json);
+    }
+    let target = if a.all {
+        spec::local_store(a.store.as_deref(), "verify").map(verify::Target::All)
+    } else {
+        spec::image_target(a.store.as_deref(), a.generation.as_deref(), "verify")
+            .map(verify::Target::One)
+    };
+    target.and_then(|t| verify::verify(&t, a.json))
 }
 
 /// What subcommands return: an exit status, or an error printed as `ckpt: MESSAGE` (status 1).

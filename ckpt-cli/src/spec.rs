@@ -96,6 +96,60 @@ pub fn from_arg_or_env(arg: Option<&str>) -> Result<Option<Store>> {
     Ok(env("CKPT_DIR").map(|d| Store::Dir(PathBuf::from(d))))
 }
 
+/// The store a reading subcommand (`ls`, `inspect`, `verify`) works on.
+#[derive(Debug)]
+pub enum Source {
+    /// A local directory, which exists.
+    Local(PathBuf),
+    /// Remote memory (`rmem://`, `tiered:`), as the library parses it, and the program whose
+    /// pool it is (absolute, symbolic links resolved), if one was named.
+    Remote(Box<ckpt::RemoteStore>, Option<PathBuf>),
+}
+
+/// The store of `--store`, else the environment's, for `cmd`; `program` names the program of a
+/// remote store without `pool=`.
+pub fn source(arg: Option<&str>, program: Option<&Path>, cmd: &'static str) -> Result<Source> {
+    match from_arg_or_env(arg)?.ok_or(CliError::NoStore)? {
+        Store::Dir(d) => existing_dir(d).map(Source::Local),
+        Store::Remote { spec, .. } | Store::Tiered(spec) => {
+            let r = ckpt::RemoteStore::parse(&spec)?;
+            let program = match program {
+                None => None,
+                Some(p) => Some(program_path(p).map_err(|source| CliError::Io {
+                    op: "find the program",
+                    path: p.to_path_buf(),
+                    source,
+                })?),
+            };
+            if r.pool.is_none() && program.is_none() {
+                return Err(CliError::Unsupported(format!(
+                    "{cmd} of remote store {spec}: its pool is named after the program that \
+                     checkpoints into it; name the program with --program PATH (or give pool= in \
+                     the store)"
+                )));
+            }
+            Ok(Source::Remote(Box::new(r), program))
+        }
+    }
+}
+
+/// The program's path as it sees its own (`/proc/self/exe`): found on `PATH` when it has no
+/// slash, made absolute, symbolic links resolved.
+fn program_path(p: &Path) -> std::io::Result<PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    if p.as_os_str().as_bytes().contains(&b'/') {
+        return p.canonicalize();
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join(p))
+        .find(|c| c.is_file())
+        .ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::NotFound, "not found (nor on PATH)")
+        })?
+        .canonicalize()
+}
+
 /// The local directory a reading subcommand works on; it must exist.
 pub fn local_store(arg: Option<&str>, cmd: &'static str) -> Result<PathBuf> {
     match from_arg_or_env(arg)?.ok_or(CliError::NoStore)? {

@@ -2,7 +2,6 @@
 //! manifest, every data run's CRC-32C, the generation in the name, the chain links), reporting
 //! the first problem of each image.
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -61,7 +60,33 @@ pub struct Checked {
 
 /// Runs `ckpt verify`.
 pub fn verify(t: &Target, json: bool) -> Result<ExitCode> {
-    let (dir, todo, skipped) = plan(t)?;
+    let ok = write(&mut std::io::stdout().lock(), t, json, &[])?;
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Verifies `t` and writes the report as text or JSON; whether every image verified.
+/// `unreadable`: committed generations that have no file in the store because they could not be
+/// read (a remote store's), with why: they fail.
+pub fn write(
+    out: &mut dyn std::io::Write,
+    t: &Target,
+    json: bool,
+    unreadable: &[(u64, String)],
+) -> Result<bool> {
+    let (dir, todo, skipped) = match plan(t) {
+        Err(CliError::StoreEmpty(_)) if !unreadable.is_empty() => {
+            let dir = match t {
+                Target::All(d) => d.clone(),
+                Target::One(it) => it.dir.clone(),
+            };
+            (dir, Vec::new(), Vec::new())
+        }
+        r => r?,
+    };
     let total: u64 = todo
         .iter()
         .filter_map(|(p, _)| images::read_header(p).ok())
@@ -93,16 +118,33 @@ pub fn verify(t: &Target, json: bool) -> Result<ExitCode> {
         i += 1;
     }
     progress.finish_and_clear();
+    for (g, why) in unreadable {
+        report.images.push(Checked {
+            generation: *g,
+            file: images::committed_path(&dir, *g).display().to_string(),
+            state: Some(FileState::Committed),
+            ok: false,
+            kind: None,
+            parent: None,
+            data_runs: 0,
+            data_bytes: 0,
+            problem: Some(format!("cannot be read: {why}")),
+        });
+    }
+    if !unreadable.is_empty() {
+        report
+            .images
+            .sort_by_key(|e| std::cmp::Reverse(e.generation));
+    }
     broken_chains(&mut report.images);
     for c in &report.images {
         report.ok &= c.ok;
         if !json {
-            print_line(c);
+            print_line(out, c);
         }
     }
-    let mut out = std::io::stdout().lock();
     if json {
-        serde_json::to_writer_pretty(&mut out, &report)?;
+        serde_json::to_writer_pretty(&mut *out, &report)?;
         let _ = writeln!(out);
     } else {
         for s in &report.skipped {
@@ -125,11 +167,7 @@ pub fn verify(t: &Target, json: bool) -> Result<ExitCode> {
             );
         }
     }
-    Ok(if report.ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(report.ok)
 }
 
 /// The store and the files to check first (a single image's parents are added as found).
@@ -251,20 +289,25 @@ fn broken_chains(images: &mut [Checked]) {
     }
 }
 
-fn print_line(c: &Checked) {
+fn print_line(out: &mut dyn std::io::Write, c: &Checked) {
     let state = c.state.map(|s| s.name()).unwrap_or("file");
     let kind = match (c.kind, c.parent) {
         (_, Some(p)) => format!("incremental on {p}"),
         (Some(k), None) => k.to_string(),
         (None, None) => "unreadable".into(),
     };
-    match &c.problem {
-        None => println!(
+    let _ = match &c.problem {
+        None => writeln!(
+            out,
             "ok      generation {} ({state}, {kind}): {} data runs, {} checked",
             c.generation,
             c.data_runs,
             text::bytes(c.data_bytes)
         ),
-        Some(p) => println!("FAILED  generation {} ({state}, {kind}): {p}", c.generation),
-    }
+        Some(p) => writeln!(
+            out,
+            "FAILED  generation {} ({state}, {kind}): {p}",
+            c.generation
+        ),
+    };
 }
