@@ -61,7 +61,8 @@ struct Cli {
     /// Also run the C (and, with gfortran, Fortran) examples under LD_PRELOAD.
     #[arg(long)]
     with_c: bool,
-    /// Only these workloads (comma-separated: lu,ocean,raytrace,water,apsp,matmul[,lu-c...]).
+    /// Only these workloads (comma-separated: lu,ocean,raytrace,volrend,water,water_spatial,
+    /// apsp,matmul[,lu-c...]).
     #[arg(long, value_delimiter = ',')]
     workloads: Option<Vec<String>>,
     /// Only these policies (sequential,incremental,forked,forked-incremental).
@@ -94,7 +95,7 @@ struct Cli {
 /// `SIZE STEPS` of each Rust example: quick and full for the paper regime (small heaps, runs of
 /// about 4 s and 30 s, so that a 5 MB/s disk takes a fraction of an interval), quick and full
 /// for the unshaped one (the examples' defaults, about 2.5 s, and about 10 s).
-const SIZES: [(&str, &str, [&str; 4]); 6] = [
+const SIZES: [(&str, &str, [&str; 4]); 8] = [
     ("lu", "LU", ["640 220", "1280 200", "2048 2", "3072 2"]),
     (
         "ocean",
@@ -107,9 +108,19 @@ const SIZES: [(&str, &str, [&str; 4]); 6] = [
         ["360 30", "768 50", "1024 2", "2048 2"],
     ),
     (
+        "volrend",
+        "Volrend",
+        ["96 400", "136 1100", "192 32", "256 56"],
+    ),
+    (
         "water",
         "Water-Nsquared",
         ["8192 6", "16384 12", "1536 100", "3072 100"],
+    ),
+    (
+        "water_spatial",
+        "Water-Spatial",
+        ["8000 230", "24000 600", "40000 28", "100000 40"],
     ),
     (
         "apsp",
@@ -288,7 +299,8 @@ fn build(root: &Path, cli: &Cli) -> Result<Built> {
             .status()
             .is_ok_and(|s| s.success());
         if ok {
-            for (name, paper, _) in SIZES {
+            // Not every kernel has a C version (volrend and water_spatial do not).
+            for &(name, paper, _) in SIZES.iter().filter(|(n, _, _)| cdir.join(n).exists()) {
                 workloads.push(Workload {
                     name: format!("{name}-c"),
                     paper,

@@ -6,7 +6,7 @@ use std::fs;
 use std::path::Path;
 
 use crate::run::{POLICIES, RemoteSupport, Run, StoreKind, WorkloadRuns};
-use crate::stage::Regime;
+use crate::stage::{PoolUsage, Regime};
 use crate::svg::{self, Series};
 use crate::{RegimeResult, Result};
 
@@ -101,6 +101,30 @@ pub fn table3_pauses(r: &RegimeResult) -> String {
         s.push('\n');
     }
     s
+}
+
+/// `% (MiB)` of the servers' memory in use.
+fn util(u: Option<PoolUsage>) -> String {
+    match u {
+        None => "n/m".into(),
+        Some(u) => format!(
+            "{} ({:.1})",
+            f1(u.percent()),
+            u.used as f64 / f64::from(1 << 20)
+        ),
+    }
+}
+
+/// What the servers lent in the remote runs, for the text: " (3 x 512 MiB)".
+fn lent_note(r: &RegimeResult) -> String {
+    let cap = r
+        .workloads
+        .iter()
+        .flat_map(|w| w.runs.values().flatten())
+        .find_map(|x| x.pool_before.map(|u| u.capacity));
+    cap.map_or(String::new(), |c| {
+        format!(" ({:.0} MiB in all)", c as f64 / f64::from(1 << 20))
+    })
 }
 
 fn label(w: &WorkloadRuns) -> String {
@@ -361,13 +385,21 @@ pub fn write(dir: &Path, r: &RegimeResult) -> Result<()> {
         }
     }
 
-    md.push_str(
+    let _ = write!(
+        md,
         "\n## Tables V and VI: latency of every checkpoint\n\n\
          Latency in ms from the start of each checkpoint to its commit, as the library logs it \
          (for S+F and I+F: written by the forked writer while the program runs). Inc. size: page \
          data of each checkpoint of the incremental run into the local disk (the first is \
-         full). The paper's last column, remote memory utilisation, is not measured. LU and \
-         Water-Nsquared first, as in the paper, then the others.\n",
+         full). Util.: the paper's last column, remote memory utilisation after each checkpoint \
+         of the sequential (S) and incremental (I) runs into remote memory: the bytes in use on \
+         the three servers (whole 16 KiB slots: parity shards, manifests, encryption's tags) as a \
+         percentage of the bytes they lend{}, and in MiB; read once the checkpoint committed and \
+         the store pruned what `CKPT_KEEP=2` no longer needs, just before the next checkpoint \
+         (the servers' admin socket, sampled every {} ms). LU and Water-Nsquared first, as in \
+         the paper, then the others.\n",
+        lent_note(r),
+        crate::run::POOL_SAMPLE.as_millis()
     );
     let mut order: Vec<&WorkloadRuns> = r.workloads.iter().collect();
     order.sort_by_key(|w| match w.w.name.as_str() {
@@ -377,8 +409,8 @@ pub fn write(dir: &Path, r: &RegimeResult) -> Result<()> {
     });
     for w in &order {
         let _ = writeln!(md, "\n### {}\n", label(w));
-        md.push_str("| CKP | D: S | D: I | D: S+F | D: I+F | R: S | R: I | R: S+F | R: I+F | Inc. size (MiB) |\n| ---: |");
-        for _ in 0..9 {
+        md.push_str("| CKP | D: S | D: I | D: S+F | D: I+F | R: S | R: I | R: S+F | R: I+F | Inc. size (MiB) | Util. R: S, % (MiB) | Util. R: I, % (MiB) |\n| ---: |");
+        for _ in 0..11 {
             md.push_str(" ---: |");
         }
         md.push('\n');
@@ -415,7 +447,16 @@ pub fn write(dir: &Path, r: &RegimeResult) -> Result<()> {
                 .cell(StoreKind::Disk, "incremental")
                 .and_then(|x| x.commits.get(i))
                 .and_then(|c| c.data_mib);
-            let _ = writeln!(md, " {} |", f1(inc).replace("n/m", ""));
+            let _ = write!(md, " {} |", f1(inc).replace("n/m", ""));
+            for p in ["sequential", "incremental"] {
+                let cell = match w.cell(StoreKind::Remote, p) {
+                    None => "n/m".to_string(),
+                    Some(x) if i >= x.commits.len() => String::new(),
+                    Some(x) => util(x.pool_after.get(i).copied().flatten()),
+                };
+                let _ = write!(md, " {cell} |");
+            }
+            md.push('\n');
         }
     }
 
@@ -459,6 +500,15 @@ pub fn write(dir: &Path, r: &RegimeResult) -> Result<()> {
                             .find(|c| c.off_remote())
                             .and_then(|c| c.placement.clone())
                             .unwrap_or_default()
+                    ));
+                }
+                if let Some(u) = run.pool_before.filter(|u| u.used > 0) {
+                    problems.push(format!(
+                        "{}, {p}, {}: the servers held {:.1} MiB before the run started (an \
+                         earlier run's generations): its utilisation readings include them",
+                        w.w.name,
+                        store.name(),
+                        u.used as f64 / f64::from(1 << 20)
                     ));
                 }
                 if run.skipped > 0 {
@@ -597,10 +647,16 @@ pub fn write(dir: &Path, r: &RegimeResult) -> Result<()> {
     Ok(())
 }
 
+fn mib(bytes: Option<u64>) -> String {
+    bytes.map_or(String::new(), |b| {
+        format!("{:.1}", b as f64 / f64::from(1 << 20))
+    })
+}
+
 /// Every run, one line each.
 fn csv(r: &RegimeResult) -> String {
     let mut s = String::from(
-        "regime,workload,args,store,policy,interval_ms,wall_s,cpu_wait_s,time_s,cpu_s,checkpoints,incremental,background,page_data_mib,latencies_ms,pauses_ms,digest_ok,error\n",
+        "regime,workload,args,store,policy,interval_ms,wall_s,cpu_wait_s,time_s,cpu_s,checkpoints,incremental,background,page_data_mib,latencies_ms,pauses_ms,pool_capacity_mib,pool_used_before_mib,pool_used_after_each_mib,pool_peak_mib,digest_ok,error\n",
     );
     let regime = match r.regime {
         Regime::Paper => "paper",
@@ -625,7 +681,7 @@ fn csv(r: &RegimeResult) -> String {
             let join = |v: Vec<String>| v.join(" ");
             let _ = writeln!(
                 s,
-                "{regime},{},{},{store},{p},{},{:.3},{:.3},{:.3},{:.3},{},{},{},{:.1},{},{},{},{}",
+                "{regime},{},{},{store},{p},{},{:.3},{:.3},{:.3},{:.3},{},{},{},{:.1},{},{},{},{},{},{},{},{}",
                 w.w.name,
                 w.w.args.join(" "),
                 w.interval_ms,
@@ -639,6 +695,15 @@ fn csv(r: &RegimeResult) -> String {
                 x.commits.iter().filter_map(|c| c.data_mib).sum::<f64>(),
                 join(x.commits.iter().map(|c| f1(c.ms)).collect()),
                 join(x.pauses.iter().map(|v| format!("{v:.1}")).collect()),
+                mib(x.pool_before.map(|u| u.capacity)),
+                mib(x.pool_before.map(|u| u.used)),
+                join(
+                    x.pool_after
+                        .iter()
+                        .map(|u| mib(u.map(|u| u.used)))
+                        .collect()
+                ),
+                mib(x.pool_peak.map(|u| u.used)),
                 x.digest.as_deref() == digest,
                 x.error.as_deref().unwrap_or("").replace([',', '\n'], ";")
             );

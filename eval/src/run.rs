@@ -12,7 +12,7 @@ use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
 use crate::logline::{self, Commit, Event};
-use crate::stage::Stage;
+use crate::stage::{PoolUsage, Stage};
 use crate::{INTERRUPTED, Result, sys};
 
 /// Where checkpoints go.
@@ -69,6 +69,13 @@ pub struct Checkpointing {
     pub scratch: Option<PathBuf>,
 }
 
+impl Checkpointing {
+    /// Into the servers' memory (`CKPT_STORE=rmem://...`): the run samples their use.
+    pub fn remote(&self) -> bool {
+        self.var.0 == "CKPT_STORE"
+    }
+}
+
 /// One run, as measured.
 #[derive(Debug, Clone, Default)]
 pub struct Run {
@@ -89,6 +96,12 @@ pub struct Run {
     pub error: Option<String>,
     /// The last lines of standard error that are not the library's checkpoint lines.
     pub other: Vec<String>,
+    /// Remote memory runs: the servers' use just before the program started, ...
+    pub pool_before: Option<PoolUsage>,
+    /// ... after each checkpoint (one per commit, see [`pool_after_each`]), ...
+    pub pool_after: Vec<Option<PoolUsage>>,
+    /// ... and the most seen during the run (sampled every [`POOL_SAMPLE`]).
+    pub pool_peak: Option<PoolUsage>,
 }
 
 impl Run {
@@ -102,18 +115,49 @@ impl Run {
 const RUN_TIMEOUT: Duration = Duration::from_secs(900);
 /// How long a background writer may hold the pipes after the example exited.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(120);
+/// How often a remote-memory run samples the servers' use (three admin-socket requests, well
+/// under a millisecond of this harness's time; the workload does not see them).
+pub const POOL_SAMPLE: Duration = Duration::from_millis(50);
 
-fn lines_of(r: impl std::io::Read + Send + 'static) -> Receiver<String> {
+/// The lines of `r`, each with the time it arrived.
+fn lines_of(r: impl std::io::Read + Send + 'static) -> Receiver<(Instant, String)> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(r).lines() {
             let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
+            if tx.send((Instant::now(), line)).is_err() {
                 break;
             }
         }
     });
     rx
+}
+
+/// The servers' use after each checkpoint, from the samples taken during the run: the last
+/// sample before the next checkpoint started (its commit line's time less its latency), so the
+/// reading includes what the helper pruned after the commit (`CKPT_KEEP`); after the last
+/// checkpoint, the last sample before the program began to remove its generations at exit
+/// (`end`). A window without a sample (checkpoints back to back) takes the first sample after
+/// the commit. `commits` are (seconds since spawn the commit line arrived, latency in ms).
+fn pool_after_each(
+    samples: &[(f64, PoolUsage)],
+    commits: &[(f64, Option<f64>)],
+    end: f64,
+) -> Vec<Option<PoolUsage>> {
+    (0..commits.len())
+        .map(|i| {
+            let from = commits[i].0;
+            let to = commits
+                .get(i + 1)
+                .map_or(end, |&(at, ms)| at - ms.unwrap_or(0.0) / 1e3);
+            samples
+                .iter()
+                .rev()
+                .find(|(t, _)| *t >= from && *t < to)
+                .or_else(|| samples.iter().find(|(t, _)| *t >= from))
+                .map(|&(_, u)| u)
+        })
+        .collect()
 }
 
 /// Runs `w` once, with checkpointing as `ck` says (none if `None`).
@@ -155,6 +199,14 @@ pub fn run(
     if let Some(f) = &stage.netns {
         sys::enter_netns_on_exec(&mut cmd, f.as_raw_fd());
     }
+    let sample_pool = ck.is_some_and(Checkpointing::remote);
+    let pool_before = if sample_pool {
+        stage.pool_usage()
+    } else {
+        None
+    };
+    let mut samples: Vec<(f64, PoolUsage)> = Vec::new();
+    let mut next_sample = Duration::ZERO;
     let t0 = Instant::now();
     let mut child = cmd
         .spawn()
@@ -173,6 +225,12 @@ pub fn run(
             sys::kill_tree(child.id());
             killed = Some("timed out");
         }
+        if sample_pool && t0.elapsed() >= next_sample {
+            next_sample = t0.elapsed() + POOL_SAMPLE;
+            if let Some(u) = stage.pool_usage() {
+                samples.push((t0.elapsed().as_secs_f64(), u));
+            }
+        }
         std::thread::sleep(Duration::from_millis(2));
     }
     let wall = t0.elapsed().as_secs_f64();
@@ -186,22 +244,29 @@ pub fn run(
         wall,
         waited,
         cpu,
+        pool_before,
+        pool_peak: samples.iter().map(|&(_, u)| u).max_by_key(|u| u.used),
         ..Run::default()
     };
     let deadline = Instant::now() + DRAIN_TIMEOUT;
-    while let Ok(l) = out.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+    while let Ok((_, l)) = out.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
         if let Some(d) = l.strip_prefix("digest ") {
             run.digest = Some(d.trim().to_string());
         }
     }
     let (mut commit_pauses, mut background_pauses) = (Vec::new(), Vec::new());
-    while let Ok(l) = err.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+    // When each commit line came, and when the program began to remove its generations.
+    let mut commit_times = Vec::new();
+    let mut end = wall;
+    while let Ok((at, l)) = err.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
         if verbose {
             eprintln!("    [{}] {l}", w.name);
         }
+        let at = at.saturating_duration_since(t0).as_secs_f64();
         match logline::parse(&l) {
             Event::Committed(c) => {
                 commit_pauses.extend(c.paused_ms.or(c.ms));
+                commit_times.push((at, c.ms));
                 run.commits.push(c);
             }
             Event::Background { paused_ms } => {
@@ -212,12 +277,20 @@ pub fn run(
             Event::Skipped(_) => run.skipped += 1,
             Event::Init(m) => run.init = Some(m),
             Event::Other(l) => {
+                // "finished normally; removed N generation(s) from the remote store": logged
+                // after the removal, which takes a few tens of ms; keep the samples clear of it.
+                if l.contains("finished normally") {
+                    end = end.min(at - 2.0 * POOL_SAMPLE.as_secs_f64());
+                }
                 run.other.push(l);
                 if run.other.len() > 20 {
                     run.other.remove(0);
                 }
             }
         }
+    }
+    if sample_pool {
+        run.pool_after = pool_after_each(&samples, &commit_times, end);
     }
     run.pauses = if run.background > 0 {
         background_pauses
@@ -332,5 +405,33 @@ impl WorkloadRuns {
 
     pub fn digest(&self) -> Option<&str> {
         self.base.first()?.digest.as_deref()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn u(used: u64) -> PoolUsage {
+        PoolUsage {
+            used,
+            capacity: 100,
+        }
+    }
+
+    #[test]
+    fn pool_reading_is_the_last_sample_before_the_next_checkpoint() {
+        let samples: Vec<(f64, PoolUsage)> =
+            [(0.0, 0), (1.05, 30), (1.5, 20), (2.0, 40), (3.0, 20)]
+                .into_iter()
+                .map(|(t, x)| (t, u(x)))
+                .collect();
+        // Commit 1 at 1.0 s; the second started at 2.6 - 0.8 = 1.8 s and committed at 2.6 s.
+        let commits = [(1.0, Some(500.0)), (2.6, Some(800.0))];
+        let after = pool_after_each(&samples, &commits, 3.5);
+        assert_eq!(after, vec![Some(u(20)), Some(u(20))]);
+        // A window with no sample takes the first one after the commit.
+        let after = pool_after_each(&samples, &[(1.0, None), (1.02, Some(0.0))], 1.04);
+        assert_eq!(after, vec![Some(u(30)), Some(u(30))]);
     }
 }

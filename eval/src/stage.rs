@@ -612,6 +612,22 @@ pub struct Server {
     /// Held for its `Drop`, which stops the server.
     _proc: Spawned,
     pub addr: String,
+    /// Its admin socket: a path in the file system, so reachable from this (the root) network
+    /// namespace while the server listens in its own.
+    admin: PathBuf,
+}
+
+/// Bytes in use and bytes lent on the servers, from one `stats` request to each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolUsage {
+    pub used: u64,
+    pub capacity: u64,
+}
+
+impl PoolUsage {
+    pub fn percent(self) -> Option<f64> {
+        (self.capacity > 0).then(|| self.used as f64 * 100.0 / self.capacity as f64)
+    }
 }
 
 impl Server {
@@ -624,10 +640,13 @@ impl Server {
         i: usize,
     ) -> Result<Server> {
         let log = key.with_file_name(format!("server-{i}.log"));
+        let admin = key.with_file_name(format!("admin-{i}.sock"));
         let mut c = wrap_netns(ns, bin);
         c.args(["serve", "--listen", listen, "--capacity", capacity])
             .arg("--key-file")
             .arg(key)
+            .arg("--admin-socket")
+            .arg(&admin)
             .env("RMEM_LOG", "warn");
         let mut proc_ = Spawned::start(c, "listening ", Some(&log)).map_err(|e| {
             format!(
@@ -636,7 +655,48 @@ impl Server {
             )
         })?;
         let addr = proc_.take_line()?;
-        Ok(Server { _proc: proc_, addr })
+        Ok(Server {
+            _proc: proc_,
+            addr,
+            admin,
+        })
+    }
+
+    /// `(used, capacity)` in bytes: the server's `rmem_used_bytes` (whole 16 KiB slots holding
+    /// any client's data) and `rmem_capacity_bytes` (memory lent now), from its admin socket.
+    fn usage(&self) -> Option<(u64, u64)> {
+        use std::io::Read;
+        use std::os::unix::net::UnixStream;
+        let mut s = UnixStream::connect(&self.admin).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        s.write_all(b"stats\n").ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).ok()?;
+        let metric = |name: &str| {
+            out.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        };
+        Some((metric("rmem_used_bytes")?, metric("rmem_capacity_bytes")?))
+    }
+}
+
+impl Stage {
+    /// The servers' memory in use and lent, summed over all of them; `None` if one does not
+    /// answer (the percentage would mean nothing).
+    pub fn pool_usage(&self) -> Option<PoolUsage> {
+        if self.servers.is_empty() {
+            return None;
+        }
+        let mut u = PoolUsage {
+            used: 0,
+            capacity: 0,
+        };
+        for s in &self.servers {
+            let (used, cap) = s.usage()?;
+            u.used += used;
+            u.capacity += cap;
+        }
+        Some(u)
     }
 }
 
