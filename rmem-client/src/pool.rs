@@ -139,8 +139,12 @@ struct Slot {
 /// Where a committed generation was found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Location {
+    /// Every stored shard is in remote memory.
     Remote,
-    /// Written to the local directory (disk fallback).
+    /// Written to the local directory (disk fallback), wholly or in part
+    /// ([`GenInfo::disk_shards`] of [`GenInfo::shards`]): remote memory was short when the
+    /// generation started, ran out during its write, or a revoked server's shards had nowhere
+    /// else to go. Maintenance moves it back to remote memory when there is room.
     Disk,
     /// Only the flusher's disk copy is left.
     Flushed,
@@ -155,6 +159,19 @@ pub struct GenInfo {
     /// Some shard has no copy (the redundancy still covers it); a rebuild is due.
     pub degraded: bool,
     pub manifest_version: u32,
+    /// Stored shards (data and redundancy) of the generation.
+    pub shards: usize,
+    /// How many of them are on local disk (the fallback directory, or the flushed copy for
+    /// [`Location::Flushed`]); zero for [`Location::Remote`].
+    pub disk_shards: usize,
+}
+
+impl GenInfo {
+    /// Part of the generation is on local disk and part in remote memory (servers filled up
+    /// during its write, say).
+    pub fn partly_on_disk(&self) -> bool {
+        self.disk_shards > 0 && self.disk_shards < self.shards
+    }
 }
 
 /// One server as `ckpt servers` shows it.
@@ -412,8 +429,16 @@ impl Pool {
         Ok((code, k, m, targets))
     }
 
-    /// Starts writing generation `generation`.
+    /// Starts writing generation `generation`. With a local directory, lanes whose servers fill
+    /// up (or fail with no spare server left) go on there.
     pub fn begin_generation(&mut self, generation: u64) -> Result<GenWriter<'_>> {
+        self.begin(generation, true)
+    }
+
+    /// [`Pool::begin_generation`]; `spill` lets the write go on in the local directory. It is off
+    /// when that directory holds this very generation (a return to remote memory), whose shard
+    /// files a spilled lane would overwrite.
+    fn begin(&mut self, generation: u64, spill: bool) -> Result<GenWriter<'_>> {
         let (code, k, m, targets) = self.choose_targets(generation)?;
         if targets == [Handle::Disk] {
             tracing::warn!(
@@ -422,8 +447,13 @@ impl Pool {
             );
         }
         // Fresh slots: leftovers of an interrupted earlier attempt at this generation go first; a
-        // committed generation is never overwritten.
-        for &h in &targets {
+        // committed generation is never overwritten. The local directory counts as a target when
+        // the write may spill there.
+        let mut check = targets.clone();
+        if spill && self.disk.is_some() && !check.contains(&Handle::Disk) {
+            check.push(Handle::Disk);
+        }
+        for &h in &check {
             let Some(b) = self.backend(h) else { continue };
             match b.list() {
                 Ok(l) => {
@@ -474,6 +504,8 @@ impl Pool {
             stream_pos: 0,
             done: false,
             version: 1,
+            spill,
+            out_of_space: false,
         })
     }
 
@@ -574,19 +606,8 @@ impl Pool {
     /// Describes a committed generation.
     pub fn info(&mut self, generation: u64) -> Result<GenInfo> {
         let (m, disk_as, _) = self.load_manifest(generation)?;
-        let location = match disk_as {
-            Handle::Flushed => Location::Flushed,
-            _ if m.targets.iter().all(|t| *t == TargetRef::Disk) => Location::Disk,
-            _ => Location::Remote,
-        };
         let degraded = self.unavailable_shards(&m, disk_as) > 0;
-        Ok(GenInfo {
-            generation,
-            bytes: m.bytes(),
-            location,
-            degraded,
-            manifest_version: m.version,
-        })
+        Ok(gen_info(&m, disk_as == Handle::Flushed, degraded))
     }
 
     fn real_shard(m: &Manifest, s: usize, j: usize) -> bool {
@@ -728,9 +749,11 @@ impl Pool {
 
     /// Moves generations that were written to local disk (remote capacity was short) back into
     /// remote memory, with the pool's redundancy, once capacity allows (the paper's remote memory
-    /// layer does the same). The sealed chunks are copied as they are (same salt, same chunk
-    /// numbers), restriped, and committed as a newer manifest version before the disk copy goes.
-    /// Returns how many generations moved.
+    /// layer does the same). A generation written wholly to disk is restriped: its sealed chunks
+    /// are copied as they are (same salt, same chunk numbers) and committed as a newer manifest
+    /// version before the disk copy goes. One that went partly to disk (servers filled up during
+    /// its write) keeps its geometry: its disk shards move to servers with room, and the disk copy
+    /// goes once none is left there. Returns how many generations are now wholly remote.
     pub fn return_to_remote(&mut self) -> Result<usize> {
         let Some(disk) = self.disk.as_mut() else {
             return Ok(0);
@@ -744,54 +767,94 @@ impl Pool {
         let mut n = 0;
         for g in gens {
             let (man, disk_as, _) = self.load_manifest(g)?;
-            if disk_as != Handle::Disk {
-                // A newer manifest elsewhere: a completed return whose disk copy was not yet
-                // freed (a crash in between) when that manifest no longer uses the disk.
-                if !man.targets.contains(&TargetRef::Disk)
-                    && let Some(d) = self.disk.as_mut()
-                {
+            let (_, on_disk) = shard_counts(&man);
+            if disk_as != Handle::Disk && on_disk == 0 {
+                // A newer manifest elsewhere that no longer uses the disk: a completed return
+                // whose disk copy was not yet freed (a crash in between).
+                if let Some(d) = self.disk.as_mut() {
                     d.free(g)?;
                 }
                 continue;
             }
-            if man.targets.iter().any(|t| *t != TargetRef::Disk) {
+            if man.targets.iter().all(|t| *t == TargetRef::Disk) {
+                if self.restripe_to_remote(&man)? {
+                    n += 1;
+                }
                 continue;
             }
-            if self.choose_targets(g)?.3 == [Handle::Disk] {
-                // Still short of remote capacity: nothing to do yet.
-                return Ok(n);
+            if on_disk == 0 || self.relocate(g, Move::OffDisk)? == 0 {
+                continue;
             }
-            let mut w = self.begin_generation(g)?;
-            w.salt = man.salt;
-            w.version = man.version + 1;
-            for (i, &plain_len) in man.chunk_lens.iter().enumerate() {
-                let (s, j) = (i / man.k as usize, i % man.k as usize);
-                let l = man.stripes[s][j];
-                let data = match w.pool.disk.as_mut() {
-                    Some(d) => d.get(g, shard_key(s, j))?,
-                    None => return Err(PoolError::Config("no local_dir".into())),
-                };
-                if data.len() != l.len as usize || crate::crc::crc32c(&data) != l.crc {
-                    return Err(PoolError::DataLoss {
-                        generation: g,
-                        detail: format!("chunk {i} on local disk failed its checksum"),
-                    });
+            let (man, disk_as, _) = self.load_manifest(g)?;
+            if disk_as != Handle::Disk && shard_counts(&man).1 == 0 {
+                if let Some(d) = self.disk.as_mut() {
+                    d.free(g)?;
                 }
-                w.push_sealed(plain_len, data)?;
+                tracing::info!(
+                    generation = g,
+                    bytes = man.bytes(),
+                    "generation moved from local disk back to remote memory"
+                );
+                n += 1;
             }
-            w.extents = man.extents.clone();
-            w.commit(&man.user)?;
-            if let Some(d) = self.disk.as_mut() {
-                d.free(g)?;
-            }
-            tracing::info!(
-                generation = g,
-                bytes = man.bytes(),
-                "generation moved from local disk back to remote memory"
-            );
-            n += 1;
         }
         Ok(n)
+    }
+
+    /// Writes generation `man`, held wholly on local disk, to remote memory with the pool's
+    /// redundancy, then drops the disk copy. Returns false when remote memory has no room for it
+    /// yet.
+    fn restripe_to_remote(&mut self, man: &Manifest) -> Result<bool> {
+        let g = man.generation;
+        let (_, k, m, targets) = self.choose_targets(g)?;
+        if targets == [Handle::Disk] {
+            return Ok(false);
+        }
+        // Room for every chunk and its redundancy, in the servers' 16 KiB slots, with a margin
+        // per server: a write that has to give up half-way costs as much as one that succeeds.
+        let slots: u64 = man
+            .stripes
+            .iter()
+            .flatten()
+            .filter(|l| l.target != LOST)
+            .map(|l| (l.len as u64).div_ceil(16 << 10).max(1) * (16 << 10))
+            .sum();
+        let need = slots / k as u64 * (k + m) as u64 + targets.len() as u64 * (64 << 10);
+        let free: u64 = targets.iter().map(|&h| self.free_of(h)).sum();
+        if free < need {
+            tracing::debug!(generation = g, free, need, "no room in remote memory yet");
+            return Ok(false);
+        }
+        // The writer must not spill to the local directory: it holds this very generation.
+        let mut w = self.begin(g, false)?;
+        w.salt = man.salt;
+        w.version = man.version + 1;
+        for (i, &plain_len) in man.chunk_lens.iter().enumerate() {
+            let (s, j) = (i / man.k as usize, i % man.k as usize);
+            let l = man.stripes[s][j];
+            let data = match w.pool.disk.as_mut() {
+                Some(d) => d.get(g, shard_key(s, j))?,
+                None => return Err(PoolError::Config("no local_dir".into())),
+            };
+            if data.len() != l.len as usize || crate::crc::crc32c(&data) != l.crc {
+                return Err(PoolError::DataLoss {
+                    generation: g,
+                    detail: format!("chunk {i} on local disk failed its checksum"),
+                });
+            }
+            w.push_sealed(plain_len, data)?;
+        }
+        w.extents = man.extents.clone();
+        w.commit(&man.user)?;
+        if let Some(d) = self.disk.as_mut() {
+            d.free(g)?;
+        }
+        tracing::info!(
+            generation = g,
+            bytes = man.bytes(),
+            "generation moved from local disk back to remote memory"
+        );
+        Ok(true)
     }
 
     /// Frees, on every server, generations committed nowhere and older than the newest committed
@@ -851,7 +914,7 @@ impl Pool {
         // Every generation with objects here, committed here or not: a server that started
         // revoking during a write refused that generation's commit but holds its early shards.
         for e in &list {
-            match self.relocate(e.generation, Some(i)) {
+            match self.relocate(e.generation, Move::OffServer(i)) {
                 Ok(n) => moved += n,
                 // Committed nowhere: an abandoned write, nothing to keep.
                 Err(PoolError::NotFound(_)) => {}
@@ -883,14 +946,14 @@ impl Pool {
             if disk_as == Handle::Flushed || self.unavailable_shards(&m, disk_as) == 0 {
                 continue;
             }
-            n += self.relocate(g, None)?;
+            n += self.relocate(g, Move::Lost)?;
         }
         Ok(n)
     }
 
-    /// Moves shards of `generation` that are on server `from` (or, with `None`, that are
-    /// unreachable or lost) to other targets, then re-commits the manifest.
-    fn relocate(&mut self, generation: u64, from: Option<usize>) -> Result<usize> {
+    /// Moves the shards of `generation` that `what` says to other targets, then re-commits the
+    /// manifest. Returns how many moved.
+    fn relocate(&mut self, generation: u64, what: Move) -> Result<usize> {
         let (mut man, disk_as, _) = self.load_manifest(generation)?;
         if disk_as == Handle::Flushed {
             return Ok(0);
@@ -907,9 +970,10 @@ impl Pool {
                 } else {
                     self.resolve(&man.targets[l.target as usize], disk_as)
                 };
-                match from {
-                    Some(i) => h == Some(Handle::Server(i)),
-                    None => h.is_none(),
+                match what {
+                    Move::OffServer(i) => h == Some(Handle::Server(i)),
+                    Move::Lost => h.is_none(),
+                    Move::OffDisk => h == Some(Handle::Disk),
                 }
             })
             .collect();
@@ -955,7 +1019,7 @@ impl Pool {
                 &mut man,
                 &missing,
                 disk_as,
-                from,
+                what,
                 generation,
                 batch,
                 &mut got,
@@ -988,7 +1052,7 @@ impl Pool {
             .flatten()
             .filter(|l| l.target != LOST)
             .filter_map(|l| self.resolve(&man.targets[l.target as usize], disk_as))
-            .filter(|h| !matches!(h, Handle::Server(i) if Some(*i) == from))
+            .filter(|h| !matches!((h, what), (Handle::Server(i), Move::OffServer(f)) if *i == f))
             .collect();
         for h in holders {
             let r = self.backend(h).map(|b| b.commit(generation, &blob));
@@ -1117,7 +1181,7 @@ impl Pool {
         man: &mut Manifest,
         rebuilt: &[(usize, usize)],
         disk_as: Handle,
-        from: Option<usize>,
+        what: Move,
         generation: u64,
         batch: &[(usize, usize)],
         got: &mut HashMap<(usize, usize), Vec<u8>>,
@@ -1133,13 +1197,19 @@ impl Pool {
                 .filter(|l| l.target != LOST)
                 .filter_map(|l| self.resolve(&man.targets[l.target as usize], disk_as))
                 .collect();
-            let dest = self
-                .pick_destination(&used, from, data.len() as u64)
-                .ok_or_else(|| {
-                    PoolError::NoSpare(format!(
+            let dest = match (self.pick_destination(&used, what, data.len() as u64), what) {
+                (Some(d), _) => d,
+                // Back to remote memory: what no server has room for stays on the disk.
+                (None, Move::OffDisk) => {
+                    crate::bufpool::give(data);
+                    continue;
+                }
+                (None, _) => {
+                    return Err(PoolError::NoSpare(format!(
                         "shard {j} of stripe {s} of generation {generation}"
-                    ))
-                })?;
+                    )));
+                }
+            };
             // A shard read as is was checked against the manifest's CRC on arrival; only a
             // reconstructed one needs checksumming.
             let crc = if rebuilt.contains(&(s, j)) {
@@ -1178,16 +1248,11 @@ impl Pool {
     }
 
     /// A target for a moved shard: a usable server not already holding a shard of the stripe,
-    /// most free memory first; else the local disk.
-    fn pick_destination(
-        &mut self,
-        used: &[Handle],
-        not: Option<usize>,
-        len: u64,
-    ) -> Option<Handle> {
+    /// most free memory first; else the local disk (unless the shard is leaving it).
+    fn pick_destination(&mut self, used: &[Handle], what: Move, len: u64) -> Option<Handle> {
         let mut best: Option<(u64, usize)> = None;
         for i in self.usable_servers() {
-            if Some(i) == not || used.contains(&Handle::Server(i)) {
+            if what == Move::OffServer(i) || used.contains(&Handle::Server(i)) {
                 continue;
             }
             let free = self.slots[i].status.map_or(0, |s| s.free());
@@ -1206,6 +1271,7 @@ impl Pool {
                 }
                 Some(Handle::Server(i))
             }
+            None if what == Move::OffDisk => None,
             None => self.disk.as_ref().map(|_| Handle::Disk),
         }
     }
@@ -1496,6 +1562,46 @@ impl Pool {
     }
 }
 
+/// (stored shards, those on the local directory) of a manifest.
+fn shard_counts(m: &Manifest) -> (usize, usize) {
+    let (mut all, mut disk) = (0, 0);
+    for (s, st) in m.stripes.iter().enumerate() {
+        for (j, l) in st.iter().enumerate() {
+            if l.target == LOST || !Pool::real_shard(m, s, j) {
+                continue;
+            }
+            all += 1;
+            if m.targets.get(l.target as usize) == Some(&TargetRef::Disk) {
+                disk += 1;
+            }
+        }
+    }
+    (all, disk)
+}
+
+/// What a manifest says about where its generation is. Any shard on the local directory makes it
+/// [`Location::Disk`]: the generation then depends on this machine's disk, whatever the rest.
+fn gen_info(m: &Manifest, flushed: bool, degraded: bool) -> GenInfo {
+    let (shards, on_disk) = shard_counts(m);
+    let (location, disk_shards) = if flushed {
+        (Location::Flushed, shards)
+    } else if on_disk > 0 || m.targets.iter().all(|t| *t == TargetRef::Disk) {
+        // (The second case: an empty generation written to disk, its manifest only there.)
+        (Location::Disk, on_disk)
+    } else {
+        (Location::Remote, 0)
+    };
+    GenInfo {
+        generation: m.generation,
+        bytes: m.bytes(),
+        location,
+        degraded,
+        manifest_version: m.version,
+        shards,
+        disk_shards,
+    }
+}
+
 fn h_name(h: Handle) -> String {
     format!("{h:?}")
 }
@@ -1505,6 +1611,18 @@ fn describe(t: &TargetRef) -> String {
         TargetRef::Remote { addr, .. } => format!("server {addr}"),
         TargetRef::Disk => "local disk".into(),
     }
+}
+
+/// Which shards [`Pool::relocate`] moves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Move {
+    /// Those on a revoking server (index into the pool's servers).
+    OffServer(usize),
+    /// Those with no reachable copy, rebuilt from the rest of their stripe.
+    Lost,
+    /// Those on the local directory, to servers with room (back to remote memory); what no
+    /// server can take stays there.
+    OffDisk,
 }
 
 /// A shard sent but not yet acknowledged: (put sequence number, stripe, shard index, bytes).
@@ -1557,6 +1675,11 @@ pub struct GenWriter<'p> {
     done: bool,
     /// Version of the manifest this writer commits (above 1 when it replaces a placement).
     version: u32,
+    /// Lanes may go on in the local directory when no spare server is left (see [`Pool::begin`]).
+    spill: bool,
+    /// Some target ran out of memory during the write (for the error when nothing could take
+    /// over).
+    out_of_space: bool,
 }
 
 impl GenWriter<'_> {
@@ -1564,7 +1687,9 @@ impl GenWriter<'_> {
         self.generation
     }
 
-    /// Whether this generation goes to local disk (remote capacity short).
+    /// Whether this whole generation goes to local disk (remote capacity was short when it
+    /// started). Lanes of a remote generation may still move there during the write; the
+    /// [`GenInfo`] of the commit says where it ended up.
     pub fn on_disk(&self) -> bool {
         self.targets == [Handle::Disk]
     }
@@ -1651,6 +1776,7 @@ impl GenWriter<'_> {
             tracing::warn!(generation = self.generation, target = %self.pool.name_of(self.targets[t]), error = %e, "target failed during the write");
             self.failed[t] = Some(e.to_string());
         }
+        self.out_of_space |= matches!(e, BackendError::NoSpace { .. });
         let h = self.targets[t];
         // Still connected (no space, revoked): learn exactly which puts were refused; the
         // others are stored. Down: everything on it is gone.
@@ -1691,29 +1817,82 @@ impl GenWriter<'_> {
             if self.lanes[lane] != t {
                 continue;
             }
+            // A spare server first (one this generation never used: a failed one stays failed);
+            // else the local directory, which takes any number of lanes, so that servers
+            // filling up one after another never leave a lane with nowhere to go.
             let spare = self
                 .pool
                 .usable_servers()
                 .into_iter()
                 .map(Handle::Server)
                 .find(|h| !in_use.contains(h) && !self.targets.contains(h));
-            let spare = spare.or_else(|| {
-                (self.pool.disk.is_some() && !in_use.contains(&Handle::Disk))
-                    .then_some(Handle::Disk)
-            });
-            if let Some(sp) = spare {
-                tracing::info!(generation = self.generation, from = %self.pool.name_of(h), to = %self.pool.name_of(sp), "continuing the write on a spare");
-                self.targets.push(sp);
-                self.refs.push(self.pool.target_ref(sp));
-                self.failed.push(None);
-                self.budget.push(self.pool.free_of(sp));
-                self.unacked.push(VecDeque::new());
-                self.dirty.push(false);
-                self.lanes[lane] = self.targets.len() - 1;
+            let to = match spare {
+                Some(sp) => Some(self.add_target(sp)),
+                None => self.disk_target(),
+            };
+            if let Some(nt) = to {
+                let sp = self.targets[nt];
+                if sp == Handle::Disk {
+                    tracing::warn!(generation = self.generation, from = %self.pool.name_of(h), "remote memory short: continuing this part of the write on local disk");
+                } else {
+                    tracing::info!(generation = self.generation, from = %self.pool.name_of(h), to = %self.pool.name_of(sp), "continuing the write on a spare");
+                }
+                self.lanes[lane] = nt;
                 in_use.push(sp);
             }
         }
         requeue
+    }
+
+    /// Adds `h` to this generation's targets; returns its index.
+    fn add_target(&mut self, h: Handle) -> usize {
+        self.targets.push(h);
+        self.refs.push(self.pool.target_ref(h));
+        self.failed.push(None);
+        self.budget.push(self.pool.free_of(h));
+        self.unacked.push(VecDeque::new());
+        self.dirty.push(false);
+        self.targets.len() - 1
+    }
+
+    /// The local directory as a lane's target, when the write may spill there and it has not
+    /// failed: one target however many lanes use it (the manifest names it once).
+    fn disk_target(&mut self) -> Option<usize> {
+        if !self.spill || self.pool.disk.is_none() {
+            return None;
+        }
+        match self.targets.iter().position(|&h| h == Handle::Disk) {
+            Some(d) => self.failed[d].is_none().then_some(d),
+            None => Some(self.add_target(Handle::Disk)),
+        }
+    }
+
+    /// Shards of stripe `s` that have no place (their target failed with nothing to take over).
+    fn lost_in(&self, s: usize) -> usize {
+        let st = &self.stripes[s];
+        (0..st.len())
+            .filter(|&j| j >= self.k || s * self.k + j < self.nchunks)
+            .filter(|&j| st[j].target == LOST)
+            .count()
+    }
+
+    /// The error for stripe `s` having lost `lost` shards, more than the redundancy covers.
+    fn loss_error(&self, s: usize, lost: usize) -> PoolError {
+        // (Each backend error names its target.)
+        let why: Vec<&str> = self.failed.iter().flatten().map(String::as_str).collect();
+        let hint = if self.out_of_space && (self.pool.disk.is_none() || !self.spill) {
+            " (remote memory ran out during the write and there is no local directory to go on in)"
+        } else {
+            ""
+        };
+        PoolError::DataLoss {
+            generation: self.generation,
+            detail: format!(
+                "stripe {s} lost {lost} shards, redundancy covers {}{hint}; {}",
+                self.m,
+                why.join("; ")
+            ),
+        }
     }
 
     /// Keeps acknowledged shard buffers for the next chunks: fresh megabyte allocations would
@@ -1864,6 +2043,12 @@ impl GenWriter<'_> {
                 self.place(s, j, d);
             }
         }
+        // Nothing could take a lost shard (a lost one stays lost): the commit would fail, so
+        // fail now instead of encoding and sending the rest of the generation for nothing.
+        let lost = self.lost_in(s);
+        if lost > self.m {
+            return Err(self.loss_error(s, lost));
+        }
         Ok(())
     }
 
@@ -1983,28 +2168,12 @@ impl GenWriter<'_> {
             self.sync_all();
         }
         let mut degraded = false;
-        for (s, st) in self.stripes.iter().enumerate() {
-            let lost = (0..st.len())
-                .filter(|&j| j >= self.k || s * self.k + j < self.nchunks)
-                .filter(|&j| st[j].target == LOST)
-                .count();
+        for s in 0..self.stripes.len() {
+            let lost = self.lost_in(s);
             if lost > self.m {
-                let why: Vec<String> = (0..self.targets.len())
-                    .filter_map(|t| {
-                        self.failed[t]
-                            .as_ref()
-                            .map(|e| format!("{}: {e}", self.pool.name_of(self.targets[t])))
-                    })
-                    .collect();
+                let e = self.loss_error(s, lost);
                 self.abort();
-                return Err(PoolError::DataLoss {
-                    generation: self.generation,
-                    detail: format!(
-                        "stripe {s} lost {lost} shards, redundancy covers {}; {}",
-                        self.m,
-                        why.join("; ")
-                    ),
-                });
+                return Err(e);
             }
             degraded |= lost > 0;
         }
@@ -2027,16 +2196,24 @@ impl GenWriter<'_> {
         let mut ok = 0;
         let mut errs = Vec::new();
         for t in 0..self.targets.len() {
-            if self.failed[t].is_some() {
+            let h = self.targets[t];
+            // A server that filled up (still connected) keeps the shards it took: the manifest
+            // goes there too when it has room for it, as to every holder of the generation, but
+            // its refusal does not count against the commit.
+            let best_effort = self.failed[t].is_some();
+            if best_effort && !man.stripes.iter().flatten().any(|l| l.target == t as u16) {
                 continue;
             }
-            let h = self.targets[t];
             let r = self
                 .pool
                 .backend(h)
                 .map(|b| b.commit(self.generation, &blob));
             match r {
                 Some(Ok(())) => ok += 1,
+                Some(Err(e)) if best_effort => {
+                    tracing::debug!(generation = self.generation, target = %self.pool.name_of(h), error = %e, "no manifest on a full target");
+                    self.pool.note_error(h, &e);
+                }
                 Some(Err(e)) => {
                     errs.push(e.to_string());
                     self.pool.note_error(h, &e);
@@ -2050,26 +2227,30 @@ impl GenWriter<'_> {
                 detail: errs.join("; "),
             });
         }
-        let location = if self.on_disk() {
-            Location::Disk
-        } else {
-            Location::Remote
-        };
-        let info = GenInfo {
-            generation: self.generation,
-            bytes: man.bytes(),
-            location,
-            degraded,
-            manifest_version: self.version,
-        };
+        // Committed: from here on, nothing may free it (not even `Drop` after a panic).
+        self.done = true;
+        let mut info = gen_info(&man, false, degraded);
         if degraded {
             tracing::warn!(
                 generation = self.generation,
                 "committed degraded; rebuilding onto spares"
             );
-            if let Err(e) = self.pool.relocate(self.generation, None) {
-                tracing::warn!(generation = self.generation, error = %e, "rebuild after a degraded commit failed");
+            match self.pool.relocate(self.generation, Move::Lost) {
+                // The rebuilt shards may have gone to the local directory: say where it is now.
+                Ok(n) if n > 0 => info = self.pool.info(self.generation).unwrap_or(info),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(generation = self.generation, error = %e, "rebuild after a degraded commit failed")
+                }
             }
+        }
+        if info.partly_on_disk() {
+            tracing::warn!(
+                generation = self.generation,
+                disk_shards = info.disk_shards,
+                shards = info.shards,
+                "committed partly on local disk (remote memory ran short during the write); maintenance moves it back when there is room"
+            );
         }
         // A target that started revoking during the write holds shards that must move before its
         // deadline: do it now rather than wait for the next maintenance pass.
@@ -2083,7 +2264,6 @@ impl GenWriter<'_> {
                 tracing::warn!(server = %self.pool.slots[i].addr, error = %e, "evacuation after commit failed");
             }
         }
-        self.done = true;
         Ok(info)
     }
 
