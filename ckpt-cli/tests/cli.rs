@@ -529,9 +529,18 @@ fn remote_store_is_passed_through_or_refused_clearly() {
             "{e}"
         );
     }
-    let out = ckpt(&["ls", "--store", "rmem://127.0.0.1:9"]);
+    // A pool named after its program cannot be read without knowing the program.
+    let out = ckpt(&[
+        "ls",
+        "--store",
+        &format!("rmem://127.0.0.1:9?key={}", key.display()),
+    ]);
     assert!(!out.status.success());
-    assert!(text(&out.stderr).contains("reads local directory stores only"));
+    assert!(
+        text(&out.stderr).contains("--program"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 /// Starts an rmem-server on a free loopback port; kills it on drop.
@@ -543,6 +552,10 @@ struct Server {
 
 impl Server {
     fn start(key: &Path) -> Server {
+        Server::with_capacity(key, "16M")
+    }
+
+    fn with_capacity(key: &Path, capacity: &str) -> Server {
         let exe = profile_dir().join("rmem-server");
         if !exe.exists() {
             cargo_build(&["-p", "rmem-server", "--bin", "rmem-server"]);
@@ -554,7 +567,7 @@ impl Server {
                 "--listen",
                 "127.0.0.1:0",
                 "--capacity",
-                "16M",
+                capacity,
                 "--key-file",
                 key.to_str().unwrap(),
                 "--stats-listen",
@@ -647,5 +660,242 @@ fn servers_shows_the_pool() {
         text(&out.stderr).contains("--key-file"),
         "{}",
         text(&out.stderr)
+    );
+}
+
+/// The remote store end to end through the command: `ckpt run` checkpoints into three servers
+/// with parity, the program is killed, `ls`/`inspect`/`verify` read the pool (text and JSON),
+/// a server dies and `restart` still finishes with the uninterrupted output, and with a second
+/// server gone every generation is reported unreadable and `verify` fails.
+#[test]
+fn remote_store_ls_inspect_verify_restart() {
+    let helper = profile_dir().join("ckpt-rmem");
+    if !helper.exists() {
+        cargo_build(&["-p", "ckpt-rmem"]);
+    }
+    let water = rust_example("water");
+    let args = ["1536", "100"];
+    let want = baseline(&water, &args);
+    let tmp = TempDir::new("remote-rw");
+    let key = tmp.path().join("psk");
+    let data_key = tmp.path().join("data.key");
+    std::fs::write(
+        &key,
+        "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff",
+    )
+    .unwrap();
+    std::fs::write(
+        &data_key,
+        "ffeeddccbbaa99887766554433221100ffeeddccbbaa99887766554433221100",
+    )
+    .unwrap();
+    let mut servers: Vec<Option<Server>> = (0..3)
+        .map(|_| Some(Server::with_capacity(&key, "256M")))
+        .collect();
+    let addrs: Vec<String> = servers.iter().flatten().map(|s| s.addr.clone()).collect();
+    let spec = format!(
+        "rmem://{}?key={}&datakey={}&redundancy=parity&dir={}",
+        addrs.join(","),
+        key.display(),
+        data_key.display(),
+        tmp.path().join("local").display()
+    );
+    let label = format!("rmem://{}", addrs.join(","));
+    let w = water.to_str().unwrap();
+    let log = run_and_kill(
+        &[
+            "run",
+            "--store",
+            &spec,
+            "--interval",
+            "150ms",
+            "--policy",
+            "incremental",
+            "--keep",
+            "3",
+            "--log",
+            "info",
+            "--",
+            w,
+            args[0],
+            args[1],
+        ],
+        3,
+    );
+    assert!(log.contains("in remote memory"), "{log}");
+    let read = |cmd: &[&str]| {
+        let mut a = cmd.to_vec();
+        a.extend(["--store", &spec, "--program", w]);
+        ckpt(&a)
+    };
+
+    // ls: every generation in remote memory, the newest restorable.
+    let out = ok(&read(&["ls"]), "ls of a remote store");
+    assert!(out.contains(&format!("store {label} (")), "{out}");
+    assert!(out.contains("3 of 3 servers up"), "{out}");
+    assert!(out.contains("  remote  "), "{out}");
+    assert!(
+        out.contains("<- restore") && out.contains("every checksum verified"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("/dev/shm"),
+        "the staging directory leaks into the output:\n{out}"
+    );
+    let j = json(&read(&["ls", "--json"]), "ls --json of a remote store");
+    let gens = j["generations"].as_array().unwrap();
+    assert!(gens.len() >= 2, "{j}");
+    assert!(gens.iter().all(|g| g["location"] == "remote"), "{j}");
+    let newest = gens[0]["generation"].as_u64().unwrap();
+    assert_eq!(j["restore"]["generation"], newest);
+    assert_eq!(j["remote"]["servers_up"], 3);
+    let q = json(&read(&["ls", "--quick", "--json"]), "ls --quick");
+    assert_eq!(q["restore"]["data_checked"], false);
+    assert_eq!(q["restore"]["generation"], newest);
+
+    // inspect: the newest generation and its chain, headers and manifests only.
+    let out = ok(&read(&["inspect"]), "inspect of a remote store");
+    assert!(out.contains(&format!("image       {label}/gen-")), "{out}");
+    assert!(out.contains(&format!("generation  {newest} ")), "{out}");
+    assert!(out.contains("chain ("), "{out}");
+    let oldest = gens.last().unwrap()["generation"].as_u64().unwrap();
+    let ji = json(
+        &read(&["inspect", "--json", &oldest.to_string()]),
+        "inspect G --json",
+    );
+    assert_eq!(ji["header"]["generation"], oldest);
+    let missing = read(&["inspect", "999"]);
+    assert!(!missing.status.success());
+    assert!(
+        text(&missing.stderr).contains("generation 999 is not committed"),
+        "{}",
+        text(&missing.stderr)
+    );
+
+    // verify: every byte fetched, every checksum checked.
+    let out = ok(
+        &read(&["verify", "--all"]),
+        "verify --all of a remote store",
+    );
+    assert!(out.contains("every checksum and link is good"), "{out}");
+    let jv = json(&read(&["verify", "--json"]), "verify --json");
+    assert_eq!(jv["ok"], true);
+    assert_eq!(jv["images"][0]["generation"], newest);
+
+    // One server dies: parity covers it; the restart finishes with the uninterrupted output.
+    servers[2] = None;
+    let j = json(&read(&["ls", "--json"]), "ls with a server dead");
+    assert_eq!(j["remote"]["servers_up"], 2);
+    assert!(
+        j["generations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|g| g["location"] == "degraded"),
+        "{j}"
+    );
+    ok(&read(&["verify", "--all"]), "verify with a server dead");
+    let out = command(
+        Path::new(env!("CARGO_BIN_EXE_ckpt")),
+        &[
+            "restart",
+            "--store",
+            &spec,
+            "--interval",
+            "10s",
+            "--log",
+            "info",
+            "--",
+            w,
+            args[0],
+            args[1],
+        ],
+    )
+    .output()
+    .unwrap();
+    let stdout = ok(&out, "restart from remote memory with a server dead");
+    assert!(
+        text(&out.stderr).contains("degraded"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(digest(&stdout).as_deref(), Some(want.as_str()));
+
+    // The finished run removed its generations: the store is empty now.
+    let out = read(&["ls"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("holds no checkpoint"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+/// Beyond the redundancy: with two of three servers gone, `ls` lists every generation as
+/// unreadable (a restore would fail) and `verify` fails, naming what was lost.
+#[test]
+fn remote_store_beyond_its_redundancy_is_reported_unreadable() {
+    let helper = profile_dir().join("ckpt-rmem");
+    if !helper.exists() {
+        cargo_build(&["-p", "ckpt-rmem"]);
+    }
+    let lu = rust_example("lu");
+    let tmp = TempDir::new("remote-lost");
+    let key = tmp.path().join("psk");
+    std::fs::write(
+        &key,
+        "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff",
+    )
+    .unwrap();
+    let mut servers: Vec<Option<Server>> = (0..3)
+        .map(|_| Some(Server::with_capacity(&key, "128M")))
+        .collect();
+    let addrs: Vec<String> = servers.iter().flatten().map(|s| s.addr.clone()).collect();
+    let spec = format!(
+        "rmem://{}?key={}&plaintext&pool=cli-lost&dir={}",
+        addrs.join(","),
+        key.display(),
+        tmp.path().join("local").display()
+    );
+    run_and_kill(
+        &[
+            "run",
+            "--store",
+            &spec,
+            "--interval",
+            "150ms",
+            "--log",
+            "info",
+            "--",
+            lu.to_str().unwrap(),
+            "512",
+            "400",
+        ],
+        2,
+    );
+    // pool= names the pool: no --program needed.
+    ok(
+        &ckpt(&["verify", "--store", &spec]),
+        "verify, every server up",
+    );
+    servers[1] = None;
+    servers[2] = None;
+    let out = ckpt(&["ls", "--store", &spec]);
+    let o = ok(&out, "ls beyond the redundancy");
+    assert!(o.contains("unreadable") && o.contains("data lost"), "{o}");
+    assert!(
+        o.contains("a restore would find every committed generation unusable"),
+        "{o}"
+    );
+    let out = ckpt(&["verify", "--store", &spec, "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let j: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["ok"], false);
+    assert!(
+        j["images"][0]["problem"]
+            .as_str()
+            .unwrap()
+            .contains("data lost"),
+        "{j}"
     );
 }
