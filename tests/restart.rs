@@ -15,6 +15,9 @@ const RUST: &[(&str, &[&str])] = &[
     ("ocean", &[]),
     ("raytrace", &[]),
     ("mapchurn", &[]),
+    // About a second each (dev profile): the classified volume is written once, then only read.
+    ("volrend", &["128", "40"]),
+    ("water_spatial", &["12000", "40"]),
 ];
 
 #[test]
