@@ -648,7 +648,12 @@ fn fetch(o: &Opts) -> Result<i32> {
                     let _ = std::fs::remove_file(p);
                 }
                 if o.generation.is_some() {
-                    return Err(format!("generation {g}: {e}"));
+                    // The pool's own errors name the generation already.
+                    return Err(if e.starts_with(&format!("generation {g}")) {
+                        e
+                    } else {
+                        format!("generation {g}: {e}")
+                    });
                 }
                 tracing::warn!(generation = g, error = %e, "cannot read this generation; trying the previous one");
                 first_err.get_or_insert(format!("generation {g}: {e}"));
