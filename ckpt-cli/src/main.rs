@@ -160,6 +160,9 @@ struct ServersArgs {
     /// Pre-shared key file of the servers (or `key=FILE` in the store, or RMEM_KEY_FILE).
     #[arg(long, value_name = "FILE")]
     key_file: Option<PathBuf>,
+    /// A store without `pool=`: the program whose pool to show (named after its path).
+    #[arg(long, value_name = "PATH")]
+    program: Option<PathBuf>,
     /// Also read this Prometheus stats endpoint (rmem-server --stats-listen); repeatable.
     #[arg(long, value_name = "HOST:PORT")]
     stats: Vec<String>,
@@ -176,7 +179,13 @@ fn main() -> ExitCode {
         Cmd::Ls(a) => ls(a),
         Cmd::Inspect(a) => inspect(a),
         Cmd::Verify(a) => verify(a),
-        Cmd::Servers(a) => servers::servers(a.store.as_deref(), a.key_file, &a.stats, a.json),
+        Cmd::Servers(a) => servers::servers(
+            a.store.as_deref(),
+            a.key_file,
+            a.program.as_deref(),
+            &a.stats,
+            a.json,
+        ),
     };
     match result {
         Ok(code) => code,

@@ -69,6 +69,7 @@ pub struct StatsOut {
 pub fn servers(
     store: Option<&str>,
     key_file: Option<PathBuf>,
+    program: Option<&std::path::Path>,
     stats: &[String],
     json: bool,
 ) -> Result<ExitCode> {
@@ -121,7 +122,17 @@ pub fn servers(
                 )
             })?;
         let key = Psk::from_file(&key_path)?;
-        let pool = param("pool").map(|p| pool_id(&p)).transpose()?;
+        let pool = match (param("pool"), program) {
+            (Some(p), _) => Some(pool_id(&p)?),
+            (None, Some(prog)) => Some(ckpt::program_pool(&spec::program_path(prog).map_err(
+                |source| CliError::Io {
+                    op: "find the program",
+                    path: prog.to_path_buf(),
+                    source,
+                },
+            )?)),
+            (None, None) => None,
+        };
         query(&mut state, addrs, key, pool)?;
     }
     for ep in stats {

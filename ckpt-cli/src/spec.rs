@@ -135,7 +135,7 @@ pub fn source(arg: Option<&str>, program: Option<&Path>, cmd: &'static str) -> R
 
 /// The program's path as it sees its own (`/proc/self/exe`): found on `PATH` when it has no
 /// slash, made absolute, symbolic links resolved.
-fn program_path(p: &Path) -> std::io::Result<PathBuf> {
+pub fn program_path(p: &Path) -> std::io::Result<PathBuf> {
     use std::os::unix::ffi::OsStrExt;
     if p.as_os_str().as_bytes().contains(&b'/') {
         return p.canonicalize();

@@ -749,6 +749,10 @@ fn remote_store_ls_inspect_verify_restart() {
     let newest = gens[0]["generation"].as_u64().unwrap();
     assert_eq!(j["restore"]["generation"], newest);
     assert_eq!(j["remote"]["servers_up"], 3);
+    // servers: the program's pool, found from --program as ls finds it.
+    let sj = json(&read(&["servers", "--json"]), "servers --program");
+    assert_eq!(sj["generations"][0], newest, "{sj}");
+    assert!(sj["servers"][0]["pool_used"].as_u64().unwrap() > 0, "{sj}");
     let q = json(&read(&["ls", "--quick", "--json"]), "ls --quick");
     assert_eq!(q["restore"]["data_checked"], false);
     assert_eq!(q["restore"]["generation"], newest);

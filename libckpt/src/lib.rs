@@ -26,7 +26,7 @@ pub use config::{
     BusyMode, Config, ConfigError, LogLevel, Policy, RemoteStore, RestoreMode, Store,
 };
 pub use error::{Error, Result};
-pub use remote::{RemoteImages, StageWhat, Staged, StagedGeneration};
+pub use remote::{RemoteImages, StageWhat, Staged, StagedGeneration, program_pool};
 /// Dirty-page trackers for incremental checkpoints (also used by the benchmarks).
 pub use sys::dirty;
 

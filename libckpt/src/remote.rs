@@ -612,12 +612,20 @@ fn pool_id(r: &RemoteStore, exe: Option<&Path>) -> Result<[u8; 16]> {
             source: e,
         })?,
     };
+    Ok(program_pool(&exe))
+}
+
+/// The pool a program checkpoints into when its remote store has no `pool=`: derived from the
+/// program's path (absolute, symbolic links resolved, as `/proc/self/exe` reads), so that
+/// programs sharing servers never see each other's generations.
+pub fn program_pool(exe: &Path) -> [u8; 16] {
+    let mut id = [0u8; 16];
     let b = exe.as_os_str().as_bytes();
     id[..8].copy_from_slice(&fnv(0xcbf2_9ce4_8422_2325, b).to_le_bytes());
     id[8..].copy_from_slice(&fnv(0x6c62_272e_07bb_0142, b).to_le_bytes());
     // Marks a derived id: "ck" in the first two bytes.
     id[..2].copy_from_slice(b"ck");
-    Ok(id)
+    id
 }
 
 /// `$XDG_RUNTIME_DIR/ckpt-rmem-POOL`, else `/tmp/ckpt-rmem-UID-POOL`.
