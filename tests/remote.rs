@@ -1,8 +1,9 @@
 //! Checkpoints in remote memory (`CKPT_STORE=rmem://...`, `tiered:...`) against real
 //! `rmem-server` processes on loopback: kill -9 and restart under every policy, a server killed
 //! or revoked between the crash and the restart, a tiered store recovering from its local copy
-//! with every server dead, remote capacity falling below the threshold mid-run, and the errors
-//! `init` gives for a pool it cannot use. See docs/stores.md.
+//! with every server dead, remote capacity falling below the threshold mid-run, servers filling
+//! up in the middle of a checkpoint, and the errors `init` gives for a pool it cannot use. See
+//! docs/stores.md.
 
 mod common;
 #[path = "common/servers.rs"]
@@ -112,6 +113,9 @@ fn a_server_killed_after_the_crash_is_covered_by_parity() {
     let mut pool = Pool::start("remote-server-killed", 3, "256M");
     let store = pool.spec("&redundancy=parity");
     let mut log = crash_after(&store, "incremental", 4);
+    // The last helper's background maintenance would otherwise rebuild the dead server's shards
+    // onto the local directory (no spare server), and the restart would read around nothing.
+    pool.wait_for_background();
     pool.servers[0].kill9();
     let run = workload().run(
         &env(&store, "incremental", "150ms"),
@@ -240,6 +244,56 @@ fn remote_capacity_below_the_threshold_moves_checkpoints_to_local_disk_and_back(
     assert!(
         after.contains("; in remote memory"),
         "checkpoints did not return to remote memory\n{log}"
+    );
+}
+
+#[test]
+fn servers_filling_up_during_a_checkpoint_continue_it_on_local_disk() {
+    let _g = serial();
+    // 3 x 4 MiB lent, the minimum free threshold at 0: every generation starts in remote
+    // memory, and the servers fill up in the middle of each image (12.5 MiB of pages, ~19 MiB
+    // with parity), whose shards then go on in the local directory. Before, the second full
+    // server's shards were lost and every checkpoint failed.
+    let pool = Pool::start("remote-fill-up", 3, "4M");
+    let store = pool.spec("&redundancy=parity");
+    let e = env(&store, "sequential", "150ms");
+    let mut w = Watch::spawn(&workload(), &e);
+    w.wait_for(
+        "on local disk (remote memory short)",
+        2,
+        Duration::from_secs(60),
+    );
+    let mut log = w.kill();
+    assert!(!log.contains("failed"), "a checkpoint failed\n{log}");
+    // The restart reads the newest image from the servers and the local directory together.
+    let run = workload().run(&e, Duration::from_secs(120));
+    log.push_str(&run.stderr);
+    assert_digest(&run, "restart from servers that filled up", &log);
+    assert!(
+        run.stderr.contains("from the local fallback directory"),
+        "not restored from the generation partly on local disk\n{log}"
+    );
+    let after = run.stderr.split("restored generation").nth(1).unwrap_or("");
+    assert!(
+        after.contains("on local disk (remote memory short)") && !after.contains("failed"),
+        "{log}"
+    );
+    // Without the fallback, the same checkpoints fail cleanly and the program goes on.
+    let run = workload().run(
+        &env(&format!("{store}&fallback=no"), "sequential", "150ms"),
+        Duration::from_secs(120),
+    );
+    assert!(
+        run.stderr
+            .contains("failed, the previous checkpoint is intact")
+            && run.stderr.contains("no local directory"),
+        "{}",
+        run.stderr
+    );
+    assert_digest(
+        &run,
+        "checkpoints failing for lack of remote memory",
+        &run.stderr,
     );
 }
 

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
@@ -174,6 +175,30 @@ impl Pool {
             data_key: data_key.clone(),
             local: tmp.path().join("local"),
             tmp,
+        }
+    }
+
+    /// Waits until no `ckpt-rmem` holds the store's lock (`dir/rmem.lock`): the background
+    /// maintenance a killed program's last helper left running is over, so it cannot rebuild
+    /// onto other places what a test is about to take away.
+    pub fn wait_for_background(&self) {
+        let Ok(f) = std::fs::File::open(self.local.join("rmem.lock")) else {
+            return;
+        };
+        let t = Instant::now();
+        loop {
+            #[allow(unsafe_code)] // flock(2): no safe wrapper among this package's dependencies
+            // SAFETY: flock on a descriptor this function owns; closing it releases the lock.
+            let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+            if r == 0 {
+                return;
+            }
+            // Only a bound against a hung helper, not a timed assertion.
+            assert!(
+                t.elapsed() < Duration::from_secs(120),
+                "the store's lock is still held"
+            );
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
