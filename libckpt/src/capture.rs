@@ -25,7 +25,7 @@ use crate::runtime::Runtime;
 use crate::store;
 use crate::sys::arch::Context;
 use crate::sys::maps;
-use crate::sys::mem::{PAGE, Scan, page_ceil, page_floor, scan_populated};
+use crate::sys::mem::{Found, PAGE, Scan, page_ceil, page_floor, scan_populated};
 use crate::sys::signals;
 use crate::sys::syscall::{self, Errno};
 use crate::text::{Bytes, FixedStr, parse_dec};
@@ -1249,9 +1249,19 @@ fn write_image(
                     // SAFETY: the scan buffer is disjoint from everything save_span touches.
                     unsafe { core::slice::from_raw_parts_mut(t.arena.scan.as_mut_ptr(), t.arena.scan.len()) };
                 let pagemap_fd = out.pagemap_fd;
-                let scanned = scan_populated(pagemap_fd, from, to, kind, scan_buf, |s, e| {
-                    save_span(rt, t, out, &mut off, mode, s, e, via_mem)
-                })?;
+                let scanned = scan_populated(
+                    pagemap_fd,
+                    from,
+                    to,
+                    kind,
+                    scan_buf,
+                    |s, e, found| match found {
+                        Found::Data => save_span(rt, t, out, &mut off, mode, s, e, via_mem),
+                        Found::DataOrMarker => {
+                            save_nonzero(rt, t, out, &mut off, mode, s, e, via_mem)
+                        }
+                    },
+                )?;
                 if let Err(e) = scanned {
                     return Err(RawError::sys("PAGEMAP_SCAN", b"/proc/self/pagemap", e));
                 }
@@ -1564,7 +1574,10 @@ fn save_zero_gaps(t: &mut Tables<'_>, out: &Out, start: usize, end: usize) -> Re
         end,
         Scan::Populated,
         scan_buf,
-        |s, e| {
+        // Runs the scan cannot classify (`Found::DataOrMarker`) are no zero runs: a marker is a
+        // page not written since the chain's older images, which hold it as zeros, and the
+        // rest (swapped out or being migrated while protected) hold data.
+        |s, e, _| {
             zero(t, at, s)?;
             at = e;
             Ok(())
@@ -1604,6 +1617,67 @@ fn save_span(
             .min(at + RUN_MAX);
         write_run(t, out, off, mode, at, stop - at, via_mem)?;
         at = stop;
+    }
+    Ok(())
+}
+
+/// Saves the pages of `[start, end)` that do not read as zeros, for a run the scan could not
+/// classify ([`Found::DataOrMarker`]): userfaultfd markers on pages never touched, which the
+/// `uffd-async` tracker installs when it protects a range (and which are no data: a full image
+/// holding them saved the whole of a large buffer the program had only begun to fill), or
+/// pages swapped out or being migrated while protected. Reading a marker maps the shared zero
+/// page, which makes nothing resident. A page of zeros left out restores as zeros, as every
+/// page of a region saved whole (not `CHAIN`) that no run covers.
+#[allow(clippy::too_many_arguments)]
+fn save_nonzero(
+    rt: &Runtime,
+    t: &mut Tables<'_>,
+    out: &mut Out,
+    off: &mut u64,
+    mode: Mode,
+    start: usize,
+    end: usize,
+    via_mem: bool,
+) -> Result<(), RawError> {
+    let mut at = start;
+    while at < end {
+        // One chunk at a time (through the bounce buffer when the memory is not readable);
+        // saving a run of non-zero pages reuses the buffer, so the scan resumes after it.
+        let stop = end.min(at + RUN_MAX);
+        let chunk: &[u8] = if via_mem {
+            let buf = &mut t.arena.bounce[..stop - at];
+            match syscall::pread_exact(out.mem_fd, buf, at as u64) {
+                Ok(true) => buf,
+                Ok(false) => {
+                    return Err(raw_err!(
+                        Io,
+                        "short read of memory at {at:#x} through /proc/self/mem"
+                    ));
+                }
+                Err(e) => return Err(RawError::sys("read /proc/self/mem at", b"", e)),
+            }
+        } else {
+            // SAFETY: [at, stop) is a readable region of this process whose contents do not
+            // change during the capture (see the module's Safety section).
+            unsafe { core::slice::from_raw_parts(at as *const u8, stop - at) }
+        };
+        // An OR over the whole page, without an early exit, so that it vectorises: the pages
+        // tested are nearly all zeros.
+        let zero = |i: usize| {
+            chunk[i * PAGE..(i + 1) * PAGE]
+                .iter()
+                .fold(0, |a, &b| a | b)
+                == 0
+        };
+        let pages = chunk.len() / PAGE;
+        let Some(first) = (0..pages).find(|&i| !zero(i)) else {
+            at = stop;
+            continue;
+        };
+        let last = (first..pages).find(|&i| zero(i)).unwrap_or(pages);
+        let (s, e) = (at + first * PAGE, at + last * PAGE);
+        save_span(rt, t, out, off, mode, s, e, via_mem)?;
+        at = e;
     }
     Ok(())
 }

@@ -255,7 +255,7 @@ pub(crate) fn open_pagemap() -> i32 {
     let addr = page_floor(probe.as_ptr() as usize);
     let mut buf = [PageRegion::default(); 1];
     let scan = crate::sys::mem::Scan::Populated;
-    match crate::sys::mem::scan_populated(fd, addr, addr + PAGE, scan, &mut buf, |_, _| Ok(())) {
+    match crate::sys::mem::scan_populated(fd, addr, addr + PAGE, scan, &mut buf, |_, _, _| Ok(())) {
         Ok(Ok(())) => fd,
         _ => {
             let _ = syscall::close(fd);

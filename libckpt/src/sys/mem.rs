@@ -165,6 +165,9 @@ pub const PAGE_IS_PRESENT: u64 = 1 << 3;
 pub const PAGE_IS_SWAPPED: u64 = 1 << 4;
 /// Page maps the shared zero page.
 pub const PAGE_IS_PFNZERO: u64 = 1 << 5;
+/// Page is not write-protected by userfaultfd (set for every page outside a range registered
+/// for write-protection).
+const PAGE_IS_WRITTEN: u64 = 1 << 1;
 
 /// Page is backed by a file's page cache (not an anonymous copy).
 pub const PAGE_IS_FILE: u64 = 1 << 2;
@@ -180,21 +183,39 @@ pub enum Scan {
     Modified,
 }
 
-/// Calls `each(start, end)` for every run of pages in `[start, end)` of the kind `scan` asks
-/// for. Uses `buf` as the kernel's output vector.
+/// What a run reported by [`scan_populated`] holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Found {
+    /// Pages that hold data: present, or swapped out while not write-protected.
+    Data,
+    /// Page-table entries that are either pages holding data, swapped out or being migrated
+    /// while write-protected by userfaultfd, or userfaultfd write-protect markers on pages never
+    /// touched. The `uffd-async` tracker's protection (`UFFD_FEATURE_WP_UNPOPULATED`) installs
+    /// such a marker in every empty entry of a range it protects, and `PAGEMAP_SCAN` reports a
+    /// marker as swapped: nothing but reading the page tells the two apart. A marker reads as
+    /// zeros without allocating memory (the read maps the shared zero page, which later scans
+    /// skip).
+    DataOrMarker,
+}
+
+/// Calls `each(start, end, found)` for every run of pages in `[start, end)` of the kind `scan`
+/// asks for. Uses `buf` as the kernel's output vector.
 pub fn scan_populated(
     pagemap_fd: i32,
     start: usize,
     end: usize,
     scan: Scan,
     buf: &mut [PageRegion],
-    mut each: impl FnMut(usize, usize) -> Result<(), crate::error::RawError>,
+    mut each: impl FnMut(usize, usize, Found) -> Result<(), crate::error::RawError>,
 ) -> Result<SysResult<()>, crate::error::RawError> {
     // Required-zero categories: the zero page for anonymous memory, file pages for file maps.
     let exclude = match scan {
         Scan::Populated => PAGE_IS_PFNZERO,
         Scan::Modified => PAGE_IS_FILE | PAGE_IS_PFNZERO,
     };
+    // The kernel splits runs wherever the reported categories change (written or protected);
+    // adjacent runs that hold the same are handed on as one.
+    let mut pending: Option<(usize, usize, Found)> = None;
     let mut at = start as u64;
     while at < end as u64 {
         let mut arg = PmScanArg {
@@ -207,7 +228,9 @@ pub fn scan_populated(
             category_inverted: exclude,
             category_mask: exclude,
             category_anyof_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
-            return_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
+            // WRITTEN tells swap entries without a userfaultfd protection bit (data) from the
+            // rest (see `Found::DataOrMarker`).
+            return_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED | PAGE_IS_WRITTEN,
             ..Default::default()
         };
         // SAFETY: `arg` is a valid pm_scan_arg whose vec points to `buf`, which the kernel fills
@@ -218,12 +241,29 @@ pub fn scan_populated(
             Err(e) => return Ok(Err(e)),
         };
         for r in &buf[..n.min(buf.len())] {
-            each(r.start as usize, r.end as usize)?;
+            let unsure = r.categories & (PAGE_IS_PRESENT | PAGE_IS_WRITTEN) == 0;
+            let found = if unsure {
+                Found::DataOrMarker
+            } else {
+                Found::Data
+            };
+            let (s, e) = (r.start as usize, r.end as usize);
+            match &mut pending {
+                Some((_, pe, pf)) if *pe == s && *pf == found => *pe = e,
+                _ => {
+                    if let Some((ps, pe, pf)) = pending.replace((s, e, found)) {
+                        each(ps, pe, pf)?;
+                    }
+                }
+            }
         }
         if arg.walk_end <= at {
             break;
         }
         at = arg.walk_end;
+    }
+    if let Some((ps, pe, pf)) = pending {
+        each(ps, pe, pf)?;
     }
     Ok(Ok(()))
 }
@@ -252,7 +292,8 @@ mod tests {
             m.addr() + m.size(),
             Scan::Populated,
             &mut buf,
-            |s, e| {
+            |s, e, found| {
+                assert_eq!(found, Found::Data);
                 runs.push(((s - m.addr()) / PAGE, (e - m.addr()) / PAGE));
                 Ok(())
             },

@@ -954,3 +954,76 @@ fn mprotect_kernel_read_across_harvest() {
         kernel_read_across_harvest(TrackerKind::Mprotect)
     });
 }
+
+/// What `sys::mem::scan_populated` (capture's search for pages holding data) makes of a tracked
+/// range: pages never touched are not data under any tracker. Under `uffd-async` the protection
+/// puts a marker in their page-table entries, which `PAGEMAP_SCAN` reports as swapped: the scan
+/// must hand such runs on as `Found::DataOrMarker` (read to tell), never as `Found::Data`, and
+/// tracking must not make them resident.
+fn scan_after_track(kind: TrackerKind) {
+    use crate::sys::mem::{Found, PageRegion, Scan, scan_populated};
+    let Some(mut t) = open_or_skip(kind) else {
+        return;
+    };
+    let m = Mapping::anonymous(256 * PAGE).expect("mmap");
+    let base = m.addr();
+    for p in [3, 4, 100] {
+        poke(base, p, 1);
+    }
+    let resident = |m: &Mapping| {
+        let mut v = vec![0u8; 256];
+        // SAFETY: mincore writes one byte per page of the mapping into `v`, which has 256.
+        let r = unsafe { libc::mincore(m.addr() as *mut _, m.size(), v.as_mut_ptr()) };
+        assert_eq!(r, 0);
+        v.iter().filter(|&&b| b & 1 != 0).count()
+    };
+    assert_eq!(resident(&m), 3);
+    t.track(base, 256 * PAGE).expect("track");
+    assert_eq!(resident(&m), 3, "tracking made pages resident");
+    let fd = syscall::open(b"/proc/self/pagemap\0", libc::O_RDONLY, 0).expect("pagemap");
+    let mut buf = [PageRegion::default(); 4];
+    let (mut data, mut unsure) = (Vec::new(), 0);
+    let r = scan_populated(
+        fd,
+        base,
+        base + 256 * PAGE,
+        Scan::Populated,
+        &mut buf,
+        |s, e, f| {
+            match f {
+                Found::Data => data.push(((s - base) / PAGE, (e - base) / PAGE)),
+                Found::DataOrMarker => unsure += (e - s) / PAGE,
+            }
+            Ok(())
+        },
+    )
+    .expect("scan callback");
+    let _ = syscall::close(fd);
+    if r == Err(syscall::Errno(libc::ENOTTY)) {
+        println!("SKIPPED: no PAGEMAP_SCAN here");
+        return;
+    }
+    r.expect("PAGEMAP_SCAN");
+    assert_eq!(data, [(3, 5), (100, 101)], "{kind}");
+    if kind == TrackerKind::UffdAsync {
+        // The 253 pages never touched carry markers (the kernel's behaviour this guards).
+        assert_eq!(unsure, 253, "{kind}");
+    } else {
+        assert_eq!(unsure, 0, "{kind}");
+    }
+    println!("{kind}: scan after track passed");
+}
+
+#[test]
+fn uffd_async_scan_after_track() {
+    in_child("uffd_async_scan_after_track", || {
+        scan_after_track(TrackerKind::UffdAsync)
+    });
+}
+
+#[test]
+fn mprotect_scan_after_track() {
+    in_child("mprotect_scan_after_track", || {
+        scan_after_track(TrackerKind::Mprotect)
+    });
+}
