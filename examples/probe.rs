@@ -15,6 +15,10 @@
 //! written before, pages never touched, and a heap buffer; through libc's `read` and through
 //! std's `File::read`): the kernel, not the program, writes them, and the restored process must
 //! see the data.
+//! `probe untouched` — a 64 MiB mapping of which only a few MiB are ever written, checkpointed
+//! three times (written parts grow in between); for each committed image it prints the page
+//! data saved from the mapping, what was written, and the mapping's resident size, so a test can
+//! check that no policy or tracker saves (or makes resident) pages never written.
 //!
 //! The scenarios with a MARKER checkpoint, then kill themselves; run again after the marker
 //! file was created, they are the restored process and report what they find.
@@ -380,6 +384,128 @@ fn spin(secs: f64) {
     println!("spun {rounds} rounds");
 }
 
+/// The newest committed generation in the store directory `dir`, if any.
+fn newest_image(dir: &std::path::Path) -> Option<(u64, std::path::PathBuf)> {
+    std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let g = name
+                .strip_prefix("gen-")?
+                .strip_suffix(".ckpt")?
+                .parse()
+                .ok()?;
+            Some((g, e.path()))
+        })
+        .max_by_key(|(g, _)| *g)
+}
+
+/// Bytes of page data (data runs) that the image at `path` holds from `[start, end)`, the
+/// image's total page data, and whether it is a full image.
+fn image_data_in(path: &std::path::Path, start: u64, end: u64) -> (u64, u64, bool) {
+    use ckpt::image;
+    let bytes = std::fs::read(path).expect("read image");
+    let h = image::check_header(&bytes, bytes.len() as u64).expect("image header");
+    let m = image::parse_manifest(h, &bytes[h.manifest_offset as usize..]).expect("manifest");
+    let inside = (m.runs.iter())
+        .filter(|r| r.kind == image::RUN_DATA)
+        .map(|r| (r.addr + r.len).min(end).saturating_sub(r.addr.max(start)))
+        .sum();
+    (inside, h.data_len, h.parent == 0)
+}
+
+/// Resident bytes (`Rss` in `/proc/self/smaps`) of the mappings inside `[start, end)`.
+fn resident_in(start: u64, end: u64) -> u64 {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").expect("read smaps");
+    let mut inside = false;
+    let mut kib = 0;
+    for line in smaps.lines() {
+        if let Some((range, _)) = line.split_once(' ')
+            && let Some((a, b)) = range.split_once('-')
+            && let (Ok(a), Ok(b)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16))
+        {
+            inside = start <= a && b <= end;
+        } else if inside && let Some(v) = line.strip_prefix("Rss:") {
+            kib += v
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .unwrap_or(0);
+        }
+    }
+    kib * 1024
+}
+
+fn untouched() {
+    const LEN: usize = 64 << 20;
+    const MIB: usize = 1 << 20;
+    let store = std::path::PathBuf::from(std::env::var_os("CKPT_DIR").expect("CKPT_DIR"));
+    // Guard pages on both sides keep the mapping from merging with its neighbours, so its
+    // resident size is its own.
+    // SAFETY: a fresh private anonymous mapping, owned by this function for the process's life.
+    let p = unsafe {
+        libc::mmap(
+            core::ptr::null_mut(),
+            LEN + 2 * 4096,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    assert_ne!(p, libc::MAP_FAILED);
+    let base = p as usize + 4096;
+    // SAFETY: the guard pages and the buffer lie inside the mapping just created; the madvise
+    // keeps transparent huge pages from making more than the written pages resident.
+    unsafe {
+        assert_eq!(libc::mprotect(p, 4096, libc::PROT_NONE), 0);
+        assert_eq!(
+            libc::mprotect((base + LEN) as *mut _, 4096, libc::PROT_NONE),
+            0
+        );
+        libc::madvise(base as *mut _, LEN, libc::MADV_NOHUGEPAGE);
+    }
+    // SAFETY: the buffer is LEN read-write bytes reached only through this slice.
+    let buf = unsafe { core::slice::from_raw_parts_mut(base as *mut u8, LEN) };
+    // A read maps the shared zero page: not a write.
+    // SAFETY: a read of a byte of the buffer.
+    let _ = unsafe { core::ptr::read_volatile(&buf[40 * MIB]) };
+    let (start, end) = (base as u64, (base + LEN) as u64);
+    let mut written = 0;
+    let mut last = 0;
+    // Each step writes some pages the previous images did not hold, then checkpoints.
+    for (step, (at, len)) in [(0, MIB), (8 * MIB, MIB + 4096), (20 * MIB, 3 * 4096)]
+        .into_iter()
+        .enumerate()
+    {
+        buf[at..at + len]
+            .iter_mut()
+            .enumerate()
+            .for_each(|(i, b)| *b = (i % 251) as u8 + 1);
+        written += len;
+        ckpt::checkpoint_now().expect("checkpoint");
+        // The background policies commit in their writer process: wait for the file.
+        let (generation, path) = loop {
+            match newest_image(&store) {
+                Some((g, path)) if g > last => break (g, path),
+                _ => std::thread::sleep(Duration::from_millis(10)),
+            }
+        };
+        last = generation;
+        let (saved, data, full) = image_data_in(&path, start, end);
+        println!(
+            "untouched: step {step} generation {generation} {} image, written {written} \
+             (since the previous image {len}), saved from the buffer {saved}, page data {data}, \
+             buffer resident {}",
+            if full { "full" } else { "incremental" },
+            resident_in(start, end),
+        );
+    }
+    println!("untouched: done");
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let arg = |i: usize| args.get(i).map(String::as_str).unwrap_or("");
@@ -400,6 +526,7 @@ fn main() {
         "rseq" => rseq(arg(2)),
         "protnone" => protnone(arg(2)),
         "kernel-read" => kernel_read(arg(2)),
+        "untouched" => untouched(),
         "panic" => {
             ckpt::checkpoint_now().expect("checkpoint");
             panic!("deliberate panic after a checkpoint");
@@ -411,7 +538,7 @@ fn main() {
         "spin" => spin(arg(2).parse().unwrap_or(1.0)),
         other => {
             eprintln!(
-                "usage: probe refuse|files PATH N|exclude MARKER|hold SECS|spin SECS (got {other:?})"
+                "usage: probe refuse|files PATH N|exclude MARKER|hold SECS|spin SECS|untouched (got {other:?})"
             );
             exit(2);
         }

@@ -1420,3 +1420,69 @@ fn a_chain_restarts_under_every_policy() {
     }
     tally.assert_all_passed();
 }
+
+/// The numbers of one `probe untouched` line: (full image, bytes written so far, bytes written
+/// since the previous image, bytes the image saved from the buffer, the buffer's resident bytes).
+fn untouched_line(line: &str) -> Option<(bool, u64, u64, u64, u64)> {
+    let after = |key: &str| -> Option<u64> {
+        let rest = &line[line.find(key)? + key.len()..];
+        rest.trim_start()
+            .split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()
+    };
+    Some((
+        line.contains(" full image"),
+        after("written ")?,
+        after("since the previous image ")?,
+        after("saved from the buffer ")?,
+        after("buffer resident ")?,
+    ))
+}
+
+#[test]
+fn no_policy_saves_or_populates_pages_never_written() {
+    // probe untouched: a 64 MiB mapping of which a few MiB are written, three checkpoints (the
+    // second incremental under the incremental policies, the third full again). Every image
+    // holds exactly the written pages of the mapping (a full one all of them, an incremental
+    // one those written since), under every policy and tracker: registering memory with a
+    // tracker must neither make its untouched pages count as data (uffd-async protects them
+    // with page-table markers that PAGEMAP_SCAN reports as swapped) nor make them resident.
+    let mut tally = Tally::default();
+    for setup in every_setup() {
+        case(&mut tally, &format!("{setup}"), || {
+            let store = TempDir::new(&format!("untouched-{}", setup.policy));
+            let mut env = vec![
+                ("CKPT_DIR", store.path().to_str().unwrap()),
+                ("CKPT_LOG", "info"),
+                ("CKPT_CHAIN_MAX", "1"),
+            ];
+            env.extend(setup.env());
+            let r = Program::new(rust_example("probe"), &["untouched"]).run(&env, LIMIT);
+            r.assert_ok(&format!("[{setup}] probe untouched"));
+            let lines: Vec<_> = r.stdout.lines().filter_map(untouched_line).collect();
+            assert!(
+                lines.len() == 3 && r.stdout.contains("untouched: done"),
+                "[{setup}]: expected three images\n{}\n{}",
+                r.stdout,
+                r.stderr
+            );
+            for (full, written, since, saved, resident) in lines {
+                let expect = if full { written } else { since };
+                assert_eq!(
+                    saved, expect,
+                    "[{setup}]: an image saved {saved} bytes of the buffer, {expect} were \
+                     written (full: {full})\n{}\n{}",
+                    r.stdout, r.stderr
+                );
+                assert!(
+                    resident <= written,
+                    "[{setup}]: {resident} bytes of the buffer resident, {written} written\n{}",
+                    r.stdout
+                );
+            }
+        });
+    }
+    tally.assert_all_passed();
+}
