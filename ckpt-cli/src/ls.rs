@@ -254,7 +254,7 @@ fn print_text(out: &mut dyn std::io::Write, l: &Listing) {
     );
     let _ = writeln!(
         out,
-        "{:>6}  {:<10}  {:<20}  {:>10}  {:>10}  {:<23}  {:<9}  POLICY/TRACKER",
+        "{:>6}  {:<11}  {:<20}  {:>10}  {:>10}  {:<23}  {:<9}  POLICY/TRACKER",
         "GEN", "STATE", "KIND", "FILE", "PAGE DATA", "CREATED (UTC)", "AGE"
     );
     for e in &l.generations {
@@ -265,7 +265,7 @@ fn print_text(out: &mut dyn std::io::Write, l: &Listing) {
         };
         let _ = writeln!(
             out,
-            "{:>6}  {:<10}  {:<20}  {:>10}  {:>10}  {:<23}  {:<9}  {}{}",
+            "{:>6}  {:<11}  {:<20}  {:>10}  {:>10}  {:<23}  {:<9}  {}{}",
             e.generation,
             e.location.as_deref().unwrap_or(e.state.name()),
             kind,

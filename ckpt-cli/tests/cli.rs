@@ -903,3 +903,63 @@ fn remote_store_beyond_its_redundancy_is_reported_unreadable() {
         "{j}"
     );
 }
+
+/// Servers too small for one image (LU 1024: 8 MiB, parity over three 4 MiB servers): the
+/// checkpoint goes on in the local fallback directory, and
+/// `ls` says each generation lies partly in remote memory and partly on disk.
+#[test]
+fn remote_store_overflowing_to_local_disk_is_shown_as_such() {
+    let helper = profile_dir().join("ckpt-rmem");
+    if !helper.exists() {
+        cargo_build(&["-p", "ckpt-rmem"]);
+    }
+    let lu = rust_example("lu");
+    let tmp = TempDir::new("remote-overflow");
+    let key = tmp.path().join("psk");
+    std::fs::write(
+        &key,
+        "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff",
+    )
+    .unwrap();
+    let servers: Vec<Server> = (0..3).map(|_| Server::with_capacity(&key, "4M")).collect();
+    let addrs: Vec<String> = servers.iter().map(|s| s.addr.clone()).collect();
+    let spec = format!(
+        "rmem://{}?key={}&plaintext&pool=cli-overflow&dir={}",
+        addrs.join(","),
+        key.display(),
+        tmp.path().join("local").display()
+    );
+    let log = run_and_kill(
+        &[
+            "run",
+            "--store",
+            &spec,
+            "--interval",
+            "200ms",
+            "--log",
+            "info",
+            "--",
+            lu.to_str().unwrap(),
+            "1024",
+            "400",
+        ],
+        2,
+    );
+    assert!(log.contains("on local disk (remote memory short)"), "{log}");
+    let j = json(
+        &ckpt(&["ls", "--store", &spec, "--json"]),
+        "ls of an overflowed pool",
+    );
+    let gens = j["generations"].as_array().unwrap();
+    assert!(
+        gens.iter()
+            .all(|g| g["location"] == "remote+disk" || g["location"] == "disk"),
+        "{j}"
+    );
+    assert!(gens.iter().any(|g| g["location"] == "remote+disk"), "{j}");
+    assert!(j["restore"]["generation"].is_u64(), "{j}");
+    ok(
+        &ckpt(&["verify", "--all", "--store", &spec]),
+        "verify of an overflowed pool",
+    );
+}

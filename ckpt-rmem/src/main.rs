@@ -15,7 +15,7 @@
 //!   `bytes` and `from` lines. Exit 2: nothing committed. With `--generation G`, that generation
 //!   and its chain (an error if it cannot be read). With `--all`, every committed generation,
 //!   each on its own, printing `servers UP TOTAL` and one line per generation, newest first:
-//!   `gen G parent P bytes N from remote|degraded|disk|copy` or `gen G error MESSAGE`. With
+//!   `gen G parent P bytes N from remote|degraded|remote+disk|disk|copy` or `gen G error MESSAGE`. With
 //!   `--meta`, only each image's header and manifest are written (the page data is left a hole
 //!   of the file), for readers that do not check page data. `--progress-fd N` draws a progress
 //!   bar of the transfer on descriptor N when it is a terminal.
@@ -689,11 +689,14 @@ fn fetch_all(
         let mut made = Vec::new();
         match fetch_image(pool, g, into, o.meta, &bar, &mut made) {
             Ok((parent, bytes)) => {
-                let from = match pool.info(g).map(|i| (i.location, i.degraded)) {
-                    Ok((Location::Remote, false)) => "remote",
-                    Ok((Location::Remote, true)) => "degraded",
-                    Ok((Location::Disk, _)) => "disk",
-                    Ok((Location::Flushed, _)) => "copy",
+                let from = match pool.info(g) {
+                    Ok(i) if i.location == Location::Disk && i.partly_on_disk() => "remote+disk",
+                    Ok(i) => match (i.location, i.degraded) {
+                        (Location::Remote, false) => "remote",
+                        (Location::Remote, true) => "degraded",
+                        (Location::Disk, _) => "disk",
+                        (Location::Flushed, _) => "copy",
+                    },
                     Err(_) => "remote",
                 };
                 println!("gen {g} parent {parent} bytes {bytes} from {from}");
@@ -718,6 +721,11 @@ fn from_text(pool: &mut Pool, g: u64, (up, n): (usize, usize)) -> String {
                 format!("remote memory, degraded ({up} of {n} servers up)")
             }
             Location::Remote => format!("remote memory ({up} of {n} servers up)"),
+            Location::Disk if i.partly_on_disk() => format!(
+                "remote memory and the local fallback directory ({} of {} shards on disk; {up} of \
+                 {n} servers up)",
+                i.disk_shards, i.shards
+            ),
             Location::Disk => "the local fallback directory".into(),
             Location::Flushed => format!("the local copy ({up} of {n} servers up)"),
         },

@@ -766,8 +766,9 @@ pub struct StagedGeneration {
     /// Length of its image.
     pub bytes: u64,
     /// Where it is: `remote`, `degraded` (remote memory, some shards lost, covered by the
-    /// redundancy), `disk` (the local fallback directory) or `copy` (only the tiered store's local
-    /// copy); empty when it could not be read.
+    /// redundancy), `remote+disk` (remote memory filled up while it was written: the rest is in
+    /// the local fallback directory), `disk` (the local fallback directory) or `copy` (only the
+    /// tiered store's local copy); empty when it could not be read.
     pub location: String,
     /// Why it could not be read.
     pub error: Option<String>,
