@@ -88,9 +88,13 @@ fn watermark_revokes_and_data_moves_to_local_disk() {
         "127.0.0.1:0",
     );
     let dir = TempDir::new("wm");
-    let mut cfg = config(std::slice::from_ref(&s), "none", true);
-    cfg.local_dir = Some(dir.path().to_path_buf());
-    let mut pool = Pool::connect(cfg).unwrap();
+    let mut pool = Pool::connect(config_local(
+        std::slice::from_ref(&s),
+        "none",
+        true,
+        dir.path(),
+    ))
+    .unwrap();
     let runs = page_runs(42, 20);
     // The write may land before or after the revocation starts; either way it must survive.
     write_gen(&mut pool, 1, &runs, b"w").unwrap();

@@ -7,6 +7,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use rmem_client::backend::{Backend, BackendError};
+use rmem_client::conn::{Conn, ConnConfig};
 use rmem_client::{Encryption, Pool, PoolConfig, Psk, Redundancy};
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
@@ -39,6 +41,10 @@ impl Drop for TempDir {
 
 pub const KEY: &[u8; 32] = b"0123456789abcdef0123456789abcdef";
 pub const DATA_KEY: [u8; 32] = [0x5a; 32];
+/// The pool of `config`.
+pub const POOL: [u8; 16] = [7; 16];
+/// Another pool sharing the servers (what `Hog` fills them with).
+pub const OTHER: [u8; 16] = [9; 16];
 
 pub fn key_file(dir: &Path, key: &[u8]) -> PathBuf {
     let p = dir.join(format!("key-{}", COUNTER.fetch_add(1, Ordering::Relaxed)));
@@ -242,12 +248,24 @@ pub fn config(servers: &[Server], red: &str, encrypted: bool) -> PoolConfig {
     let mut c = PoolConfig::new(
         servers.iter().map(|s| s.addr.clone()).collect(),
         Psk::new(KEY).expect("key"),
-        [7; 16],
+        POOL,
         enc,
         red.parse::<Redundancy>().expect("redundancy"),
     );
     c.chunk_size = 64 << 10;
     c.io_timeout = Duration::from_secs(10);
+    c
+}
+
+/// `config` with `local_dir` as the disk fallback.
+pub fn config_local(
+    servers: &[Server],
+    red: &str,
+    encrypted: bool,
+    local_dir: &Path,
+) -> PoolConfig {
+    let mut c = config(servers, red, encrypted);
+    c.local_dir = Some(local_dir.to_path_buf());
     c
 }
 
@@ -268,19 +286,35 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
-/// A checkpoint-image-like set of page runs: (address, bytes).
-pub fn page_runs(seed: u64, runs: usize) -> Vec<(u64, Vec<u8>)> {
-    let mut v = Vec::new();
+/// The page runs of a checkpoint-image-like set, at spread-out addresses: (address, bytes).
+fn runs_of(seed: u64) -> impl Iterator<Item = (u64, Vec<u8>)> {
     let mut addr = 0x7f00_0000_0000u64;
-    for i in 0..runs {
+    (0..).map(move |i: usize| {
         let pages = 1 + (seed as usize * 7 + i * 13) % 37;
-        v.push((
+        let run = (
             addr,
             pattern(pages * 4096 + (i % 3) * 100, seed * 1000 + i as u64),
-        ));
+        );
         addr += (pages as u64 + 3) * 4096 * 2;
-    }
-    v
+        run
+    })
+}
+
+/// A checkpoint-image-like set of `runs` page runs: (address, bytes).
+pub fn page_runs(seed: u64, runs: usize) -> Vec<(u64, Vec<u8>)> {
+    runs_of(seed).take(runs).collect()
+}
+
+/// The same, as many runs as make at least `bytes`.
+pub fn image(seed: u64, bytes: usize) -> Vec<(u64, Vec<u8>)> {
+    let mut total = 0;
+    runs_of(seed)
+        .take_while(|(_, d)| {
+            let more = total < bytes;
+            total += d.len();
+            more
+        })
+        .collect()
 }
 
 /// Writes `runs` as generation `g` and commits with manifest `user`.
@@ -329,6 +363,52 @@ pub fn check_gen(
         assert!(d == jd, "generation {g}: read_all run at {a:#x} differs");
     }
     Ok(())
+}
+
+/// Bytes the pool holds on each server (0 for one it cannot reach).
+pub fn pool_used(pool: &mut Pool) -> Vec<u64> {
+    pool.health()
+        .iter()
+        .map(|h| h.status.map_or(0, |s| s.pool_used))
+        .collect()
+}
+
+/// Another pool's (`OTHER`) connection to a server, holding generation 1 of that pool.
+pub struct Hog(pub Conn);
+
+impl Hog {
+    /// Fills `srv` with the other pool's objects until at most `leave` bytes are free (0: full,
+    /// even while the pool under test writes at the same time). The other pool's generation stays
+    /// uncommitted: nothing collects it while this connection holds it.
+    pub fn fill(srv: &Server, leave: u64) -> Hog {
+        let cfg = ConnConfig {
+            key: Psk::new(KEY).expect("key"),
+            pool: OTHER,
+            name: "hog".into(),
+            connect_timeout: Duration::from_secs(3),
+            io_timeout: Duration::from_secs(10),
+        };
+        let mut c = Conn::connect(&srv.addr, &cfg).expect("connect the other pool");
+        let free = c.status().expect("status").free();
+        // 16 KiB: the servers' slot, so `leave` is met to the slot.
+        let obj = vec![0x77u8; 16 << 10];
+        for k in 0..free.saturating_sub(leave) / obj.len() as u64 {
+            c.put(1, k, &obj).expect("put");
+        }
+        match c.sync() {
+            Ok(()) => {}
+            // Someone else took some of it meanwhile: full all the same.
+            Err(BackendError::NoSpace { .. }) if leave == 0 => {}
+            Err(e) => panic!("filling {}: {e}", srv.addr),
+        }
+        Hog(c)
+    }
+
+    /// Frees what the other pool holds.
+    pub fn release(mut self) {
+        self.0.free(1).expect("free the other pool's generation");
+        self.0.sync().expect("sync");
+    }
 }
 
 /// Polls `f` until it returns true (used to wait for an asynchronous server state, never to

@@ -2,7 +2,7 @@
 //! goes on there (any number of lanes, several shards of one stripe on the disk), commits, reads
 //! back byte for byte, and maintenance returns it to remote memory once there is room; without
 //! one, the commit fails cleanly and the previous generation stays. Real `rmem-server`
-//! processes with a few MiB of capacity (see `common`).
+//! processes with a few MiB of capacity, filled by another pool (`common::Hog`).
 
 mod common;
 
@@ -47,7 +47,7 @@ fn live_dir(local: &Path, g: u64) -> std::path::PathBuf {
 fn overflow_and_return(n: usize, red: &str, encrypted: bool, bytes: usize) {
     let mut srv = servers(n, "4M");
     let dir = TempDir::new("overflow");
-    let cfg = config(&srv, red, encrypted, Some(dir.path()));
+    let cfg = config_local(&srv, red, encrypted, dir.path());
     let hogs: Vec<Hog> = srv.iter().map(|s| Hog::fill(s, 1 << 20)).collect();
     let mut pool = Pool::connect(cfg.clone()).unwrap();
     let runs = image(1, bytes);
@@ -148,7 +148,7 @@ fn rs_overflowing_every_server_goes_on_on_local_disk_and_comes_back() {
 fn shards_refused_by_full_servers_are_sent_to_local_disk() {
     let srv = servers(3, "4M");
     let dir = TempDir::new("refused");
-    let mut pool = Pool::connect(config(&srv, "parity", false, Some(dir.path()))).unwrap();
+    let mut pool = Pool::connect(config_local(&srv, "parity", false, dir.path())).unwrap();
     let runs = image(2, 5 << 20);
     let mut w = pool.begin_generation(1).unwrap();
     let half = runs.len() / 4;
@@ -183,7 +183,7 @@ fn shards_refused_by_full_servers_are_sent_to_local_disk() {
 /// stays readable.
 fn no_fallback(n: usize, red: &str) {
     let srv = servers(n, "4M");
-    let mut pool = Pool::connect(config(&srv, red, true, None)).unwrap();
+    let mut pool = connect(&srv, red, true);
     let small = image(3, 512 << 10);
     let info = write_gen(&mut pool, 1, &small, b"small").unwrap();
     assert_eq!(info.location, Location::Remote);
