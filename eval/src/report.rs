@@ -394,7 +394,8 @@ pub fn write(dir: &Path, r: &RegimeResult) -> Result<()> {
          full). Util.: the paper's last column, remote memory utilisation after each checkpoint \
          of the sequential (S) and incremental (I) runs into remote memory: the bytes in use on \
          the three servers (whole 16 KiB slots: parity shards, manifests, encryption's tags) as a \
-         percentage of the bytes they lend{}, and in MiB; read once the checkpoint committed and \
+         percentage of the bytes they lend{}, and in MiB, less what was on the servers before \
+         the run (data earlier runs left, see Checks); read once the checkpoint committed and \
          the store pruned what `CKPT_KEEP=2` no longer needs, just before the next checkpoint \
          (the servers' admin socket, sampled every {} ms). LU and Water-Nsquared first, as in \
          the paper, then the others.\n",
@@ -452,7 +453,7 @@ pub fn write(dir: &Path, r: &RegimeResult) -> Result<()> {
                 let cell = match w.cell(StoreKind::Remote, p) {
                     None => "n/m".to_string(),
                     Some(x) if i >= x.commits.len() => String::new(),
-                    Some(x) => util(x.pool_after.get(i).copied().flatten()),
+                    Some(x) => util(x.pool_own(i)),
                 };
                 let _ = write!(md, " {cell} |");
             }
@@ -502,13 +503,13 @@ pub fn write(dir: &Path, r: &RegimeResult) -> Result<()> {
                             .unwrap_or_default()
                     ));
                 }
-                if let Some(u) = run.pool_before.filter(|u| u.used > 0) {
+                if let Some(left) = run.pool_left().filter(|&b| b > 0) {
                     problems.push(format!(
-                        "{}, {p}, {}: the servers held {:.1} MiB before the run started (an \
-                         earlier run's generations): its utilisation readings include them",
+                        "{}, {p}, {}: {:.1} MiB stayed on the servers after the program \
+                         exited normally (it should have removed its generations)",
                         w.w.name,
                         store.name(),
-                        u.used as f64 / f64::from(1 << 20)
+                        left as f64 / f64::from(1 << 20)
                     ));
                 }
                 if run.skipped > 0 {
@@ -656,7 +657,7 @@ fn mib(bytes: Option<u64>) -> String {
 /// Every run, one line each.
 fn csv(r: &RegimeResult) -> String {
     let mut s = String::from(
-        "regime,workload,args,store,policy,interval_ms,wall_s,cpu_wait_s,time_s,cpu_s,checkpoints,incremental,background,page_data_mib,latencies_ms,pauses_ms,pool_capacity_mib,pool_used_before_mib,pool_used_after_each_mib,pool_peak_mib,digest_ok,error\n",
+        "regime,workload,args,store,policy,interval_ms,wall_s,cpu_wait_s,time_s,cpu_s,checkpoints,incremental,background,page_data_mib,latencies_ms,pauses_ms,pool_capacity_mib,pool_used_before_mib,pool_used_after_each_mib,pool_peak_mib,pool_used_after_exit_mib,digest_ok,error\n",
     );
     let regime = match r.regime {
         Regime::Paper => "paper",
@@ -681,7 +682,7 @@ fn csv(r: &RegimeResult) -> String {
             let join = |v: Vec<String>| v.join(" ");
             let _ = writeln!(
                 s,
-                "{regime},{},{},{store},{p},{},{:.3},{:.3},{:.3},{:.3},{},{},{},{:.1},{},{},{},{},{},{},{},{}",
+                "{regime},{},{},{store},{p},{},{:.3},{:.3},{:.3},{:.3},{},{},{},{:.1},{},{},{},{},{},{},{},{},{}",
                 w.w.name,
                 w.w.args.join(" "),
                 w.interval_ms,
@@ -704,6 +705,7 @@ fn csv(r: &RegimeResult) -> String {
                         .collect()
                 ),
                 mib(x.pool_peak.map(|u| u.used)),
+                mib(x.pool_exit.map(|u| u.used)),
                 x.digest.as_deref() == digest,
                 x.error.as_deref().unwrap_or("").replace([',', '\n'], ";")
             );

@@ -100,8 +100,28 @@ pub struct Run {
     pub pool_before: Option<PoolUsage>,
     /// ... after each checkpoint (one per commit, see [`pool_after_each`]), ...
     pub pool_after: Vec<Option<PoolUsage>>,
-    /// ... and the most seen during the run (sampled every [`POOL_SAMPLE`]).
+    /// ... the most seen during the run (sampled every [`POOL_SAMPLE`]) ...
     pub pool_peak: Option<PoolUsage>,
+    /// ... and once the program and its helpers were gone (more than before: it left data).
+    pub pool_exit: Option<PoolUsage>,
+}
+
+impl Run {
+    /// The servers' use after checkpoint `i` less their use before the run: this run's
+    /// generations only, not what earlier runs left behind.
+    pub fn pool_own(&self, i: usize) -> Option<PoolUsage> {
+        let u = self.pool_after.get(i).copied().flatten()?;
+        let before = self.pool_before.map_or(0, |b| b.used);
+        Some(PoolUsage {
+            used: u.used.saturating_sub(before),
+            ..u
+        })
+    }
+
+    /// Bytes this run left on the servers after it exited.
+    pub fn pool_left(&self) -> Option<u64> {
+        Some(self.pool_exit?.used.saturating_sub(self.pool_before?.used))
+    }
 }
 
 impl Run {
@@ -291,6 +311,7 @@ pub fn run(
     }
     if sample_pool {
         run.pool_after = pool_after_each(&samples, &commit_times, end);
+        run.pool_exit = stage.pool_usage();
     }
     run.pauses = if run.background > 0 {
         background_pauses
