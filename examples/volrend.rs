@@ -24,8 +24,12 @@
 //!
 //! | command                    | CPU    | wall   | max RSS |
 //! | -------------------------- | ------ | ------ | ------- |
-//! | `volrend 96 4`             | 0.14 s | 0.15 s | 6 MiB   |
-//! | `volrend 192 12` (default) | 2.5 s  | 2.6 s  | 36 MiB  |
+//! | `volrend 96 200`           | 2.0 s  | 2.0 s  | 8 MiB   |
+//! | `volrend 136 200`          | 5.5 s  | 5.5 s  | 17 MiB  |
+//! | `volrend 192 32` (default) | 2.7 s  | 2.9 s  | 43 MiB  |
+//! | `volrend 192 50`           | 3.9 s  | 3.9 s  | 43 MiB  |
+//!
+//! (The peak RSS includes the phantom's temporary `f32` volume, freed before the first frame.)
 //!
 //! Output: one header line, the mean brightness of the last frame, then `digest <hex>` over
 //! every frame's image and the classified volume.

@@ -24,10 +24,12 @@
 //! takes up to 1.7× as long), with `/usr/bin/time`: CPU (user) time, wall time, max RSS.
 //! Other sessions shared the machine meanwhile, so the wall times are inflated.
 //!
-//! | command                           | CPU    | wall   | max RSS |
-//! | --------------------------------- | ------ | ------ | ------- |
-//! | `water_spatial 8000 10`           | 0.3 s  | 0.3 s  | 6 MiB   |
-//! | `water_spatial 40000 30` (default) | 2.5 s  | 2.6 s  | 22 MiB  |
+//! | command                            | CPU    | wall   | max RSS |
+//! | ---------------------------------- | ------ | ------ | ------- |
+//! | `water_spatial 1000 400`           | 0.8 s  | 0.8 s  | 3 MiB   |
+//! | `water_spatial 8000 230`           | 4.1 s  | 4.1 s  | 6 MiB   |
+//! | `water_spatial 24000 10`           | 0.5 s  | 0.5 s  | 14 MiB  |
+//! | `water_spatial 40000 28` (default) | 2.5 s  | 2.7 s  | 22 MiB  |
 //!
 //! Output: one header line, the final temperature, then `digest <hex>` over the final state.
 
