@@ -438,6 +438,77 @@ fn resident_in(start: u64, end: u64) -> u64 {
     kib * 1024
 }
 
+/// Byte `j` of page `i` of the `guard` probe's mapping, in round `r`.
+fn guard_byte(i: usize, j: usize, r: usize) -> u8 {
+    ((i * 7 + j + r * 13) % 251) as u8 + 1
+}
+
+/// A mapping with guard pages inside it (`MADV_GUARD_INSTALL`, Linux 6.13+), whose entries
+/// `PAGEMAP_SCAN` reports like written pages: two checkpoints (a full image, then an incremental
+/// one under the incremental policies), a crash, and the data around the guards checked after
+/// the restore.
+fn guard(marker: &str) {
+    const PAGE: usize = 4096;
+    const PAGES: usize = 16;
+    const MADV_GUARD_INSTALL: i32 = 102;
+    let store = std::path::PathBuf::from(std::env::var_os("CKPT_DIR").expect("CKPT_DIR"));
+    // SAFETY: a fresh private anonymous mapping, owned here for the process's life.
+    let p = unsafe {
+        libc::mmap(
+            core::ptr::null_mut(),
+            PAGES * PAGE,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    } as usize;
+    assert_ne!(p as *mut libc::c_void, libc::MAP_FAILED);
+    let fill = |pages: std::ops::Range<usize>, r: usize| {
+        for i in pages {
+            for j in 0..PAGE {
+                // SAFETY: inside the mapping, outside its guard pages.
+                unsafe { *((p + i * PAGE + j) as *mut u8) = guard_byte(i, j, r) };
+            }
+        }
+    };
+    fill(0..8, 0);
+    fill(12..16, 0);
+    // SAFETY: madvise on pages of the mapping just made.
+    if unsafe { libc::madvise((p + 8 * PAGE) as *mut _, 4 * PAGE, MADV_GUARD_INSTALL) } != 0 {
+        println!(
+            "skipped guard: MADV_GUARD_INSTALL refused ({}; Linux 6.13+)",
+            std::io::Error::last_os_error()
+        );
+        return;
+    }
+    let mut last = 0;
+    for round in 0..2 {
+        if round == 1 {
+            fill(0..4, 1);
+        }
+        ckpt::checkpoint_now().expect("checkpoint");
+        // The background policies commit in their writer process: wait for the file.
+        last = loop {
+            match newest_image(&store) {
+                Some((g, _)) if g > last => break g,
+                _ => std::thread::sleep(Duration::from_millis(10)),
+            }
+        };
+    }
+    crash_unless_restored(marker);
+    let bad = (0..PAGES)
+        .filter(|i| !(8..12).contains(i))
+        .flat_map(|i| (0..PAGE).map(move |j| (i, j)))
+        .filter(|&(i, j)| {
+            let r = usize::from(i < 4);
+            // SAFETY: inside the mapping, outside its guard pages.
+            unsafe { *((p + i * PAGE + j) as *const u8) != guard_byte(i, j, r) }
+        })
+        .count();
+    println!("guard: {bad} wrong bytes around the guard pages");
+}
+
 fn untouched() {
     const LEN: usize = 64 << 20;
     const MIB: usize = 1 << 20;
@@ -527,6 +598,7 @@ fn main() {
         "protnone" => protnone(arg(2)),
         "kernel-read" => kernel_read(arg(2)),
         "untouched" => untouched(),
+        "guard" => guard(arg(2)),
         "panic" => {
             ckpt::checkpoint_now().expect("checkpoint");
             panic!("deliberate panic after a checkpoint");

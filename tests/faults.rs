@@ -445,11 +445,17 @@ fn restore_modes() {
 /// Runs a probe scenario that checkpoints and then dies, then runs it again as the restored
 /// process; returns the second run's stdout.
 fn restored_scenario(mode: &str) -> String {
+    restored_scenario_with(mode, &[])
+}
+
+/// [`restored_scenario`] with more variables (a policy, a tracker).
+fn restored_scenario_with(mode: &str, more: &[(&str, &str)]) -> String {
     let dir = TempDir::new(mode);
     let marker = dir.path().join("restored");
     let store = dir.path().join("s");
     let p = Program::new(rust_example("probe"), &[mode, marker.to_str().unwrap()]);
-    let env = [("CKPT_DIR", store.to_str().unwrap()), ("CKPT_LOG", "info")];
+    let mut env = vec![("CKPT_DIR", store.to_str().unwrap()), ("CKPT_LOG", "info")];
+    env.extend_from_slice(more);
     let first = p.run(&env, LIMIT);
     if first.stdout.contains("skipped") {
         return first.stdout;
@@ -509,6 +515,33 @@ fn rseq_is_registered_again_after_restore() {
 fn data_in_prot_none_memory_survives() {
     let out = restored_scenario("protnone");
     assert!(out.contains("value in PROT_NONE page: 42"), "{out}");
+}
+
+#[test]
+fn guard_pages_are_not_data_under_any_policy() {
+    // MADV_GUARD_INSTALL (Linux 6.13+) leaves page-table markers that PAGEMAP_SCAN reports like
+    // written pages; a checkpoint that took them for data read them and died of SIGSEGV.
+    for (policy, tracker) in [
+        ("sequential", ""),
+        ("incremental", "uffd-async"),
+        ("incremental", "mprotect"),
+        ("forked-incremental", "uffd-async"),
+        ("buffered-incremental", "uffd-async"),
+    ] {
+        let mut env = vec![("CKPT_POLICY", policy)];
+        if !tracker.is_empty() {
+            env.push(("CKPT_TRACKER", tracker));
+        }
+        let out = restored_scenario_with("guard", &env);
+        if out.contains("skipped") {
+            eprintln!("SKIPPED: {out}");
+            return;
+        }
+        assert!(
+            out.contains("guard: 0 wrong bytes"),
+            "{policy}/{tracker}: {out}"
+        );
+    }
 }
 
 #[test]

@@ -172,6 +172,36 @@ const PAGE_IS_WRITTEN: u64 = 1 << 1;
 /// Page is backed by a file's page cache (not an anonymous copy).
 pub const PAGE_IS_FILE: u64 = 1 << 2;
 
+/// Page is in a guard region (`madvise(MADV_GUARD_INSTALL)`, Linux 6.13+): any access to it
+/// faults. Its page-table entry is a marker that `PAGEMAP_SCAN` otherwise reports as a swapped,
+/// written page, so a guard page would count as data and reading it would kill the process. The
+/// category exists since Linux 6.14; older kernels refuse the bit (`EINVAL`).
+const PAGE_IS_GUARD: u64 = 1 << 8;
+
+/// Whether this kernel refused [`PAGE_IS_GUARD`] (learnt at the first scan).
+static GUARD_UNKNOWN: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+/// [`PAGE_IS_GUARD`], or 0 once the kernel has refused it. A scan that excludes guard pages
+/// requires the category to be absent (`category_inverted` and `category_mask`).
+pub fn guard_category() -> u64 {
+    if GUARD_UNKNOWN.load(core::sync::atomic::Ordering::Relaxed) {
+        0
+    } else {
+        PAGE_IS_GUARD
+    }
+}
+
+/// Whether a scan that failed with `e` while asking for `guard` (the value of
+/// [`guard_category`] it used) failed only because the kernel does not know the category; if
+/// so, later scans leave it out, and the caller retries.
+pub fn guard_refused(e: Errno, guard: u64) -> bool {
+    let refused = guard != 0 && e == Errno(libc::EINVAL);
+    if refused {
+        GUARD_UNKNOWN.store(true, core::sync::atomic::Ordering::Relaxed);
+    }
+    refused
+}
+
 /// Which pages [`scan_populated`] reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scan {
@@ -218,6 +248,9 @@ pub fn scan_populated(
     let mut pending: Option<(usize, usize, Found)> = None;
     let mut at = start as u64;
     while at < end as u64 {
+        // Guard pages are never data (and reading one faults).
+        let guard = guard_category();
+        let exclude = exclude | guard;
         let mut arg = PmScanArg {
             size: size_of::<PmScanArg>() as u64,
             start: at,
@@ -238,6 +271,7 @@ pub fn scan_populated(
         let n = unsafe { pagemap_scan(pagemap_fd, &mut arg) };
         let n = match n {
             Ok(n) => n,
+            Err(e) if guard_refused(e, guard) => continue,
             Err(e) => return Ok(Err(e)),
         };
         for r in &buf[..n.min(buf.len())] {
