@@ -167,7 +167,7 @@ pub const PAGE_IS_SWAPPED: u64 = 1 << 4;
 pub const PAGE_IS_PFNZERO: u64 = 1 << 5;
 /// Page is not write-protected by userfaultfd (set for every page outside a range registered
 /// for write-protection).
-const PAGE_IS_WRITTEN: u64 = 1 << 1;
+pub const PAGE_IS_WRITTEN: u64 = 1 << 1;
 
 /// Page is backed by a file's page cache (not an anonymous copy).
 pub const PAGE_IS_FILE: u64 = 1 << 2;
@@ -178,28 +178,41 @@ pub const PAGE_IS_FILE: u64 = 1 << 2;
 /// category exists since Linux 6.14; older kernels refuse the bit (`EINVAL`).
 const PAGE_IS_GUARD: u64 = 1 << 8;
 
-/// Whether this kernel refused [`PAGE_IS_GUARD`] (learnt at the first scan).
-static GUARD_UNKNOWN: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+/// Whether this kernel knows [`PAGE_IS_GUARD`]: 0 not asked yet, 1 yes, 2 no.
+static GUARD_KNOWN: core::sync::atomic::AtomicU8 = core::sync::atomic::AtomicU8::new(0);
 
-/// [`PAGE_IS_GUARD`], or 0 once the kernel has refused it. A scan that excludes guard pages
-/// requires the category to be absent (`category_inverted` and `category_mask`).
-pub fn guard_category() -> u64 {
-    if GUARD_UNKNOWN.load(core::sync::atomic::Ordering::Relaxed) {
-        0
-    } else {
-        PAGE_IS_GUARD
-    }
-}
-
-/// Whether a scan that failed with `e` while asking for `guard` (the value of
-/// [`guard_category`] it used) failed only because the kernel does not know the category; if
-/// so, later scans leave it out, and the caller retries.
-pub fn guard_refused(e: Errno, guard: u64) -> bool {
-    let refused = guard != 0 && e == Errno(libc::EINVAL);
-    if refused {
-        GUARD_UNKNOWN.store(true, core::sync::atomic::Ordering::Relaxed);
-    }
-    refused
+/// [`PAGE_IS_GUARD`], or 0 on a kernel that does not know the category. A scan that excludes
+/// guard pages requires the category to be absent (`category_inverted` and `category_mask`).
+///
+/// The first call asks the kernel with a scan of one page that can fail only for an unknown
+/// category (aligned start, no flags, a one-entry vector): a raw `ioctl`, safe in the
+/// checkpoint's signal handler, where the first scan may run.
+pub fn guard_category(pagemap_fd: i32) -> u64 {
+    use core::sync::atomic::Ordering::Relaxed;
+    let known = match GUARD_KNOWN.load(Relaxed) {
+        0 => {
+            static PROBE: u8 = 0;
+            let page = &PROBE as *const u8 as u64 & !(PAGE as u64 - 1);
+            let mut out = [PageRegion::default(); 1];
+            let mut arg = PmScanArg {
+                size: size_of::<PmScanArg>() as u64,
+                start: page,
+                end: page + PAGE as u64,
+                vec: out.as_mut_ptr() as u64,
+                vec_len: 1,
+                category_mask: PAGE_IS_GUARD,
+                return_mask: PAGE_IS_GUARD,
+                ..Default::default()
+            };
+            // SAFETY: `arg` is a valid pm_scan_arg whose vec points to `out`, one entry long.
+            let refused = unsafe { pagemap_scan(pagemap_fd, &mut arg) } == Err(Errno(libc::EINVAL));
+            let k = if refused { 2 } else { 1 };
+            GUARD_KNOWN.store(k, Relaxed);
+            k
+        }
+        k => k,
+    };
+    if known == 1 { PAGE_IS_GUARD } else { 0 }
 }
 
 /// Which pages [`scan_populated`] reports.
@@ -249,8 +262,7 @@ pub fn scan_populated(
     let mut at = start as u64;
     while at < end as u64 {
         // Guard pages are never data (and reading one faults).
-        let guard = guard_category();
-        let exclude = exclude | guard;
+        let exclude = exclude | guard_category(pagemap_fd);
         let mut arg = PmScanArg {
             size: size_of::<PmScanArg>() as u64,
             start: at,
@@ -268,10 +280,8 @@ pub fn scan_populated(
         };
         // SAFETY: `arg` is a valid pm_scan_arg whose vec points to `buf`, which the kernel fills
         // with at most `buf.len()` entries.
-        let n = unsafe { pagemap_scan(pagemap_fd, &mut arg) };
-        let n = match n {
+        let n = match unsafe { pagemap_scan(pagemap_fd, &mut arg) } {
             Ok(n) => n,
-            Err(e) if guard_refused(e, guard) => continue,
             Err(e) => return Ok(Err(e)),
         };
         for r in &buf[..n.min(buf.len())] {

@@ -22,7 +22,7 @@
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use super::{DirtyError, DirtyTracker, RunMerger, TrackerKind, check_range};
-use crate::sys::mem::{PageRegion, PmScanArg, guard_category, guard_refused, pagemap_scan};
+use crate::sys::mem::{PAGE_IS_WRITTEN, PageRegion, PmScanArg, guard_category, pagemap_scan};
 use crate::sys::syscall::{self, Errno};
 
 const NAME: &str = "uffd-async";
@@ -93,8 +93,6 @@ const PM_SCAN_WP_MATCHING: u64 = 1 << 0;
 /// Fail (`EPERM`) on a VMA not registered for asynchronous write-protection, rather than
 /// silently reporting nothing for it.
 const PM_SCAN_CHECK_WPASYNC: u64 = 1 << 1;
-/// The page's write-protection was lifted by a write.
-const PAGE_IS_WRITTEN: u64 = 1 << 1;
 
 /// Entries in the scan buffer: each is a run, so one ioctl reports up to this many runs; more
 /// take more ioctls, continuing at `walk_end`.
@@ -218,28 +216,23 @@ impl UffdAsync {
     /// Returns the number of entries filled and where the walk stopped.
     /// Guard pages (`MADV_GUARD_INSTALL`) read as written but are never data: left out.
     fn scan(&mut self, start: usize, end: usize, flags: u64) -> Result<(usize, usize), Errno> {
-        loop {
-            let guard = guard_category();
-            let mut arg = PmScanArg {
-                size: size_of::<PmScanArg>() as u64,
-                flags,
-                start: start as u64,
-                end: end as u64,
-                vec: self.buf.as_mut_ptr() as u64,
-                vec_len: self.buf.len() as u64,
-                category_inverted: guard,
-                category_mask: PAGE_IS_WRITTEN | guard,
-                return_mask: PAGE_IS_WRITTEN,
-                ..Default::default()
-            };
-            // SAFETY: `arg` is a valid `struct pm_scan_arg` whose `vec` points to `self.buf`,
-            // which the kernel fills with at most `vec_len` entries during the call.
-            match unsafe { pagemap_scan(self.pagemap.as_raw_fd(), &mut arg) } {
-                Ok(n) => return Ok((n.min(self.buf.len()), arg.walk_end as usize)),
-                Err(e) if guard_refused(e, guard) => continue,
-                Err(e) => return Err(e),
-            }
-        }
+        let guard = guard_category(self.pagemap.as_raw_fd());
+        let mut arg = PmScanArg {
+            size: size_of::<PmScanArg>() as u64,
+            flags,
+            start: start as u64,
+            end: end as u64,
+            vec: self.buf.as_mut_ptr() as u64,
+            vec_len: self.buf.len() as u64,
+            category_inverted: guard,
+            category_mask: PAGE_IS_WRITTEN | guard,
+            return_mask: PAGE_IS_WRITTEN,
+            ..Default::default()
+        };
+        // SAFETY: `arg` is a valid `struct pm_scan_arg` whose `vec` points to `self.buf`,
+        // which the kernel fills with at most `vec_len` entries during the call.
+        let n = unsafe { pagemap_scan(self.pagemap.as_raw_fd(), &mut arg) }?;
+        Ok((n.min(self.buf.len()), arg.walk_end as usize))
     }
 
     fn write_protect(&self, start: usize, len: usize) -> Result<(), DirtyError> {
