@@ -782,7 +782,12 @@ impl Pool {
                 }
                 continue;
             }
-            if on_disk == 0 || self.relocate(g, Move::OffDisk)? == 0 {
+            // Without a server that could take even the smallest disk shard, moving them would
+            // read every one from disk (on every maintenance pass) only to find no destination.
+            if on_disk == 0
+                || !self.room_for_a_disk_shard(&man, disk_as)
+                || self.relocate(g, Move::OffDisk)? == 0
+            {
                 continue;
             }
             let (man, disk_as, _) = self.load_manifest(g)?;
@@ -949,6 +954,26 @@ impl Pool {
             n += self.relocate(g, Move::Lost)?;
         }
         Ok(n)
+    }
+
+    /// Whether a usable server has room for the smallest of `man`'s shards on local disk (the
+    /// test [`Pool::pick_destination`] makes of every shard it moves).
+    fn room_for_a_disk_shard(&self, man: &Manifest, disk_as: Handle) -> bool {
+        let smallest = man
+            .stripes
+            .iter()
+            .flatten()
+            .filter(|l| l.target != LOST)
+            .filter(|l| {
+                self.resolve(&man.targets[l.target as usize], disk_as) == Some(Handle::Disk)
+            })
+            .map(|l| l.len as u64)
+            .min();
+        smallest.is_some_and(|len| {
+            self.usable_servers()
+                .into_iter()
+                .any(|i| self.free_of(Handle::Server(i)) >= len + (64 << 10))
+        })
     }
 
     /// Moves the shards of `generation` that `what` says to other targets, then re-commits the
