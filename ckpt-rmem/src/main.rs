@@ -617,7 +617,7 @@ fn fetch(o: &Opts) -> Result<i32> {
     let mut first_err: Option<String> = None;
     for &g in &candidates {
         let mut made = Vec::new();
-        let bar = Progress::new(o, chain_bytes(&mut pool, g));
+        let bar = Progress::new(o, || chain_bytes(&mut pool, g));
         let r = fetch_chain(&mut pool, g, into, o.meta, &bar, &mut made);
         bar.finish();
         match r {
@@ -676,14 +676,11 @@ fn fetch_all(
     into: &Path,
     servers: (usize, usize),
 ) -> Result<i32> {
-    let total = if o.meta {
-        0
-    } else {
+    let bar = Progress::new(o, || {
         gens.iter()
             .map(|&g| image_bytes(pool, g).unwrap_or(0))
             .sum()
-    };
-    let bar = Progress::new(o, total);
+    });
     println!("servers {} {}", servers.0, servers.1);
     for &g in gens {
         let mut made = Vec::new();
@@ -862,11 +859,17 @@ impl Progress {
     /// Below this, a transfer takes well under a second even at 100 Mb/s: no bar.
     const MIN_BYTES: u64 = 16 << 20;
 
-    fn new(o: &Opts, total: u64) -> Progress {
+    /// `total` reads the manifests (a round trip to the servers per generation): called only
+    /// when a bar may be drawn. A fetch of headers only (`--meta`) moves no page data: no bar.
+    fn new(o: &Opts, total: impl FnOnce() -> u64) -> Progress {
         let fd = match o.progress_fd {
-            Some(fd) if total >= Self::MIN_BYTES => fd,
+            Some(fd) if !o.meta => fd,
             _ => return Progress(None),
         };
+        let total = total();
+        if total < Self::MIN_BYTES {
+            return Progress(None);
+        }
         let Some(out) = sys::file_of_fd(fd) else {
             return Progress(None);
         };
