@@ -31,7 +31,7 @@ impl Remote {
             .split_once('?')
             .map_or(store.spec.as_str(), |(s, _)| s)
             .to_string();
-        let images = RemoteImages::open(store, program).map_err(|e| error(e, &store.spec))?;
+        let images = RemoteImages::open(store, program).map_err(|e| error(e, &label))?;
         Ok(Remote { images, label })
     }
 
@@ -118,8 +118,8 @@ pub fn ls(
     Ok(ExitCode::SUCCESS)
 }
 
-/// The generation a GENERATION argument names in a remote store (`None`: the newest committed,
-/// readable or not).
+/// The generation a GENERATION argument names in a remote store (`None`: the newest whose whole
+/// chain can be read, as a restore would take it).
 fn which(r: &Remote, generation: Option<u64>, meta: bool) -> Result<(Staged, u64)> {
     let what = match generation {
         Some(g) => StageWhat::Generation(g),
