@@ -5,6 +5,12 @@
 //!
 //! Self-contained (it does not use the root package's `tests/common`): it builds the examples
 //! it needs into the target directory of this build.
+//!
+//! # Safety
+//!
+//! Only `on_terminal` uses unsafe code: it calls `openpty` for two new descriptors and takes
+//! ownership of them at once.
+#![allow(unsafe_code)]
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -962,4 +968,206 @@ fn remote_store_overflowing_to_local_disk_is_shown_as_such() {
         &ckpt(&["verify", "--all", "--store", &spec]),
         "verify of an overflowed pool",
     );
+}
+
+/// Runs `cmd` with its standard error (and output) on a new pseudo-terminal until what it
+/// wrote there contains `until` (then kills it) or it exits; returns everything it wrote.
+fn on_terminal(mut cmd: Command, until: &str, limit: Duration) -> String {
+    use std::io::Read;
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let (mut master, mut slave) = (-1, -1);
+    // SAFETY: openpty writes two new descriptors into the integers; no name, settings or size.
+    let r = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(r, 0, "openpty: {}", std::io::Error::last_os_error());
+    // SAFETY: both descriptors were just created and are owned by nothing else.
+    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+    let mut child = cmd
+        .stdout(slave.try_clone().unwrap())
+        .stderr(slave)
+        .spawn()
+        .expect("spawn on a terminal");
+    // The parent's copies of the terminal's end went with `cmd`'s: the reader sees EIO once
+    // the child and its descendants are gone.
+    drop(cmd);
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    let mut master = std::fs::File::from(master);
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = master.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let start = Instant::now();
+    let mut out = Vec::new();
+    loop {
+        match rx.recv_timeout(Duration::from_millis(50)) {
+            Ok(b) => out.extend_from_slice(&b),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+        if text(&out).contains(until) {
+            break;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "no {until:?} on the terminal within {limit:?}:\n{}",
+                text(&out)
+            );
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    text(&out)
+}
+
+/// The page data of the first commit line of a library log.
+fn first_commit_mib(log: &str) -> f64 {
+    log.lines()
+        .find_map(|l| {
+            l.split(" committed (")
+                .nth(1)?
+                .split("): ")
+                .nth(1)?
+                .split(" MiB")
+                .next()
+        })
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no commit line:\n{log}"))
+}
+
+#[test]
+fn long_restores_and_verifications_show_progress_on_a_terminal_only() {
+    // 72 MiB of page data: above the 64 MiB from which a restore or a verification draws a
+    // bar, and the 16 MiB from which a fetch from remote memory does.
+    let lu = rust_example("lu");
+    let (l, args) = (lu.to_str().unwrap(), ["3072", "50"]);
+    let tmp = TempDir::new("progress");
+    let dir = tmp.store("local");
+    let d = dir.to_str().unwrap();
+    let run = |store: &str| {
+        let log = run_and_kill(
+            &[
+                "run",
+                "--store",
+                store,
+                "--interval",
+                "1s",
+                "--",
+                l,
+                args[0],
+                args[1],
+            ],
+            1,
+        );
+        assert!(
+            first_commit_mib(&log) >= 64.0,
+            "image too small for a bar:\n{log}"
+        );
+    };
+    let restart = |store: &str| {
+        let mut c = command(
+            Path::new(env!("CARGO_BIN_EXE_ckpt")),
+            &["restart", "--store", store],
+        );
+        c.args(["--", l, args[0], args[1]]).env("TERM", "xterm");
+        c
+    };
+    run(d);
+
+    // The library's two phases: reading and checking the images, then reading them into place.
+    let out = on_terminal(restart(d), "restored generation", Duration::from_secs(60));
+    for want in [
+        "ckpt: verifying [",
+        "ckpt: restoring [",
+        "100%  72 of 72 MiB",
+        "\r\x1b[K",
+    ] {
+        assert!(out.contains(want), "no {want:?} on the terminal:\n{out:?}");
+    }
+    // The bars are erased: the log lines that follow start at the left margin.
+    assert!(out.contains("\r\x1b[Kckpt["), "{out:?}");
+
+    // In a pipe, nothing but log lines.
+    let log = run_and_kill(
+        &[
+            "restart",
+            "--store",
+            d,
+            "--interval",
+            "1s",
+            "--",
+            l,
+            args[0],
+            args[1],
+        ],
+        1,
+    );
+    assert!(log.contains("restored generation"), "{log}");
+    assert!(
+        !log.contains('\r') && !log.contains("[="),
+        "a bar in a pipe:\n{log:?}"
+    );
+
+    // ckpt verify on a terminal.
+    let mut c = command(
+        Path::new(env!("CARGO_BIN_EXE_ckpt")),
+        &["verify", "--store", d],
+    );
+    c.env("TERM", "xterm");
+    let out = on_terminal(
+        c,
+        "every checksum and link is good",
+        Duration::from_secs(60),
+    );
+    assert!(
+        out.contains("verifying ["),
+        "no bar on the terminal:\n{out:?}"
+    );
+
+    // A restore from remote memory draws the fetch's bar first.
+    let helper = profile_dir().join("ckpt-rmem");
+    if !helper.exists() {
+        cargo_build(&["-p", "ckpt-rmem"]);
+    }
+    let key = tmp.path().join("psk");
+    std::fs::write(
+        &key,
+        "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff",
+    )
+    .unwrap();
+    let servers: Vec<Server> = (0..3)
+        .map(|_| Server::with_capacity(&key, "256M"))
+        .collect();
+    let addrs: Vec<&str> = servers.iter().map(|s| s.addr.as_str()).collect();
+    let spec = format!(
+        "rmem://{}?key={}&redundancy=parity&dir={}",
+        addrs.join(","),
+        key.display(),
+        tmp.store("remote").display()
+    );
+    run(&spec);
+    let out = on_terminal(
+        restart(&spec),
+        "restored generation",
+        Duration::from_secs(60),
+    );
+    for want in [
+        "fetching from remote memory [",
+        "ckpt: verifying [",
+        "ckpt: restoring [",
+    ] {
+        assert!(out.contains(want), "no {want:?} on the terminal:\n{out:?}");
+    }
 }

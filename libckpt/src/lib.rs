@@ -15,6 +15,7 @@ mod error;
 mod fault;
 pub mod ffi;
 pub mod image;
+mod progress;
 mod remote;
 mod restore;
 mod runtime;

@@ -403,8 +403,7 @@ impl Helper {
             args,
             rmem_log: std::env::var("RMEM_LOG").ok(),
             spec: r.spec.clone(),
-            // SAFETY: isatty only looks at the descriptor.
-            progress: log != LogLevel::Off && unsafe { libc::isatty(2) } == 1,
+            progress: crate::progress::wanted(log),
         })
     }
 

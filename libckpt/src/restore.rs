@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use crate::config::{Config, RemoteStore, RestoreMode, Store};
 use crate::error::{Error, Result};
 use crate::image::{self, FILE_REGULAR, FormatError, Manifest};
+use crate::progress::{self, Meter};
 use crate::runtime::{self, Runtime, log_at};
 use crate::store;
 use crate::sys::restore::RestoreInfo;
@@ -112,9 +113,10 @@ pub(crate) struct Link {
     pub file: File,
 }
 
-/// Loads generation `g` and, if it is incremental, every older image it builds on, checking
-/// each one's checksums. Newest first.
-pub(crate) fn load_chain(dir: &Path, g: u64) -> Result<Vec<Link>, Reject> {
+/// Loads generation `g` and, if it is incremental, every older image it builds on, then
+/// checks every image's checksums (with a progress bar on the terminal when `bar` and the chain
+/// is large). Newest first.
+pub(crate) fn load_chain(dir: &Path, g: u64, bar: bool) -> Result<Vec<Link>, Reject> {
     let mut chain: Vec<Link> = Vec::new();
     let mut want = g;
     loop {
@@ -131,7 +133,6 @@ pub(crate) fn load_chain(dir: &Path, g: u64) -> Result<Vec<Link>, Reject> {
                 m.header.generation
             ))));
         }
-        verify_runs(&m, &f)?;
         let parent = m.header.parent;
         if parent >= want {
             return Err(Reject::Corrupt(FormatError::Malformed(format!(
@@ -143,10 +144,24 @@ pub(crate) fn load_chain(dir: &Path, g: u64) -> Result<Vec<Link>, Reject> {
             file: f,
         });
         if parent == 0 {
-            return Ok(chain);
+            break;
         }
         want = parent;
     }
+    let data = |m: &Manifest| -> u64 {
+        m.runs
+            .iter()
+            .filter(|r| r.kind == image::RUN_DATA)
+            .map(|r| r.len)
+            .sum()
+    };
+    let total = chain.iter().map(|l| data(&l.manifest)).sum();
+    let mut meter = Meter::new(bar, b"verifying", total);
+    let checked = chain
+        .iter()
+        .try_for_each(|l| verify_runs(&l.manifest, &l.file, &mut meter));
+    meter.finish();
+    checked.map(|()| chain)
 }
 
 /// The page runs that rebuild memory from a chain (newest first), in the order they must be
@@ -237,8 +252,9 @@ fn merge_plan(chain: &[&Manifest]) -> Vec<crate::sys::restore::PlanRun> {
     out
 }
 
-/// Checks every page run's checksum by reading the image once, without touching memory.
-fn verify_runs(m: &Manifest, file: &File) -> Result<(), Reject> {
+/// Checks every page run's checksum by reading the image once, without touching memory;
+/// `meter` advances by the bytes read.
+fn verify_runs(m: &Manifest, file: &File, meter: &mut Meter) -> Result<(), Reject> {
     let mut buf = vec![0u8; crate::arena::RUN_MAX];
     for run in m.runs.iter().filter(|r| r.kind == image::RUN_DATA) {
         let mut crc = 0u32;
@@ -262,6 +278,7 @@ fn verify_runs(m: &Manifest, file: &File) -> Result<(), Reject> {
             }
             crc = crc32c::crc32c_append(crc, &buf[..n]);
             done += n as u64;
+            meter.add(n as u64);
         }
         if crc != run.crc {
             return Err(Reject::Corrupt(FormatError::Checksum {
@@ -427,7 +444,7 @@ fn restore_from(
     };
     let mut rejected: Vec<(u64, String)> = Vec::new();
     for g in gens {
-        let loaded = load_chain(dir, g.number).and_then(|chain| {
+        let loaded = load_chain(dir, g.number, progress::wanted(cfg.log)).and_then(|chain| {
             let m = &chain[0].manifest;
             check_identity(m, &g.path).map_err(Reject::Fatal)?;
             check_files(m, &g.path).map_err(Reject::Fatal)?;

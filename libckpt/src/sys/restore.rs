@@ -68,6 +68,10 @@ pub struct Settings {
     pub fault: crate::fault::Spec,
 }
 
+/// The most page data the body reads with one `pread`: large enough to cost nothing in system
+/// calls, small enough that the progress bar moves.
+const RESTORE_PIECE: usize = 8 << 20;
+
 const OP_MAP: u32 = 1;
 const OP_RESET: u32 = 2;
 const OP_HEAP: u32 = 3;
@@ -113,6 +117,8 @@ struct Plan {
     unmaps: &'static [(usize, usize)],
     ops: &'static [Op],
     runs: &'static [PlanRun],
+    /// The progress bar of the page data read (drawn only on a terminal, for large images).
+    meter: crate::progress::Meter,
     info: RestoreInfo,
 }
 
@@ -435,6 +441,11 @@ pub fn restore_into(
         unmaps: &unmaps[..n_unmaps],
         ops: &ops[..n_ops],
         runs,
+        meter: crate::progress::Meter::new(
+            crate::progress::wanted(settings.log),
+            b"restoring",
+            runs.iter().filter(|r| !r.zero).map(|r| r.len as u64).sum(),
+        ),
         info,
     };
     if debug {
@@ -569,6 +580,7 @@ unsafe extern "C" fn restore_body(arg: *mut c_void) -> ! {
             _ => die(b"unknown plan step", op.start),
         }
     }
+    let mut meter = p.meter;
     for run in p.runs {
         let (mut addr, mut left, mut off) = (run.addr, run.len, run.off);
         if run.zero {
@@ -581,19 +593,27 @@ unsafe extern "C" fn restore_body(arg: *mut c_void) -> ! {
             None => die(b"page run of an unknown image", addr),
         };
         while left > 0 {
-            // SAFETY: the run lies in a saved region, now mapped writable.
-            match unsafe { syscall::pread_raw(fd, addr, left, off) } {
+            // In pieces, so that the bar moves during a large run.
+            let piece = if left < RESTORE_PIECE {
+                left
+            } else {
+                RESTORE_PIECE
+            };
+            // SAFETY: the piece lies in the run, in a saved region, now mapped writable.
+            match unsafe { syscall::pread_raw(fd, addr, piece, off) } {
                 Ok(0) => die(b"image shorter than its runs", addr),
                 Ok(n) => {
                     addr = addr.wrapping_add(n);
                     left = left.wrapping_sub(n.min(left));
                     off = off.wrapping_add(n as u64);
+                    meter.add(n as u64);
                 }
                 Err(syscall::Errno(libc::EINTR)) => {}
                 Err(_) => die(b"read of page data", addr),
             }
         }
     }
+    meter.finish();
     for op in p.ops {
         if op.prot_fill != op.prot_final && op.kind != OP_HEAP && op.kind != OP_STACK {
             // SAFETY: the final protection of a saved region.

@@ -147,6 +147,13 @@ pub unsafe fn pread_raw(fd: i32, addr: usize, len: usize, offset: u64) -> SysRes
     unsafe { sys!(libc::SYS_pread64, fd, addr, len, offset) }
 }
 
+/// Whether `fd` is a terminal (`isatty`, as the `TCGETS` request that answers it).
+pub fn isatty(fd: i32) -> bool {
+    let mut t = core::mem::MaybeUninit::<libc::termios>::uninit();
+    // SAFETY: TCGETS writes at most one `termios` through the pointer.
+    unsafe { sys!(libc::SYS_ioctl, fd, libc::TCGETS, t.as_mut_ptr()) }.is_ok()
+}
+
 /// `write(fd, buf)`.
 pub fn write(fd: i32, buf: &[u8]) -> SysResult {
     // SAFETY: the kernel reads at most `buf.len()` bytes from `buf`.
