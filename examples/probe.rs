@@ -19,6 +19,10 @@
 //! three times (written parts grow in between); for each committed image it prints the page
 //! data saved from the mapping, what was written, and the mapping's resident size, so a test can
 //! check that no policy or tracker saves (or makes resident) pages never written.
+//! `probe exit-while-writing MIB MARKER` — MIB MiB of written memory, one checkpoint, then a
+//! normal exit as soon as MARKER exists: under a background policy a test creates it while the
+//! writer is still writing (the exit kills the writer), and the finished program must leave
+//! nothing in its store.
 //!
 //! The scenarios with a MARKER checkpoint, then kill themselves; run again after the marker
 //! file was created, they are the restored process and report what they find.
@@ -371,6 +375,20 @@ fn kernel_read(marker: &str) {
     }
 }
 
+fn exit_while_writing(mib: usize, marker: &str) {
+    let mut v = vec![0u64; mib << 17];
+    for (i, x) in v.iter_mut().enumerate() {
+        *x = (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+    ckpt::checkpoint_now().expect("checkpoint");
+    println!("checkpoint taken over {mib} MiB");
+    while !std::path::Path::new(marker).exists() {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::hint::black_box(&v);
+    println!("exiting");
+}
+
 fn spin(secs: f64) {
     let end = Instant::now() + Duration::from_secs_f64(secs);
     let mut v: Vec<u64> = (0..1 << 20).collect();
@@ -608,9 +626,10 @@ fn main() {
         "exclude" => exclude(arg(2)),
         "hold" => std::thread::sleep(Duration::from_secs_f64(arg(2).parse().unwrap_or(2.0))),
         "spin" => spin(arg(2).parse().unwrap_or(1.0)),
+        "exit-while-writing" => exit_while_writing(arg(2).parse().unwrap_or(64), arg(3)),
         other => {
             eprintln!(
-                "usage: probe refuse|files PATH N|exclude MARKER|hold SECS|spin SECS|untouched (got {other:?})"
+                "usage: probe refuse|files PATH N|exclude MARKER|hold SECS|spin SECS|untouched|exit-while-writing MIB MARKER (got {other:?})"
             );
             exit(2);
         }

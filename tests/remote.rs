@@ -10,7 +10,7 @@ mod common;
 mod servers;
 
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 use servers::*;
@@ -349,5 +349,67 @@ fn init_says_why_a_remote_store_cannot_be_used() {
         &format!("{}&redundancy=rs:0+1", pool.spec("")),
         None,
         "redundancy",
+    );
+}
+
+/// Bytes in use on the pool's servers (their `rmem_used_bytes` statistic).
+fn used_on_servers(pool: &Pool) -> u64 {
+    pool.servers
+        .iter()
+        .map(|s| {
+            let stats = s.admin(&["stats"]);
+            stats
+                .lines()
+                .find_map(|l| l.strip_prefix("rmem_used_bytes "))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .unwrap_or_else(|| panic!("no rmem_used_bytes in:\n{stats}")) as u64
+        })
+        .sum()
+}
+
+#[test]
+fn a_normal_exit_with_a_writer_in_flight_leaves_nothing_on_the_servers() {
+    // The program exits while its forked writer streams 512 MiB into the pool: the writer and
+    // its `put` helper are killed before their commit, and the exit's clear must free the
+    // shards they had written too, not only the committed generations.
+    let _g = serial();
+    let pool = Pool::start("remote-exit-in-flight", 3, "512M");
+    let store = pool.spec("&redundancy=parity");
+    let before = used_on_servers(&pool);
+    let marker = pool.tmp.path().join("exit-now");
+    let probe = Program::new(
+        rust_example("probe"),
+        &["exit-while-writing", "512", marker.to_str().unwrap()],
+    );
+    let child = probe.spawn(&env(&store, "forked", "1h"));
+    let start = Instant::now();
+    // Exit once the writer has put something on the servers (a bound, not a timed assertion).
+    while used_on_servers(&pool) <= before && start.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::fs::write(&marker, b"").unwrap();
+    let run = finish(child, Duration::from_secs(120), start);
+    run.assert_ok("exit while writing");
+    assert!(
+        run.stdout.contains("exiting") && run.stderr.contains("writing in the background"),
+        "no background writer\n{}",
+        run.stderr
+    );
+    assert!(
+        !run.stderr.contains(" committed ("),
+        "the writer finished before the exit: nothing was cut short\n{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("from the remote store"),
+        "{}",
+        run.stderr
+    );
+    pool.wait_for_background();
+    assert_eq!(
+        used_on_servers(&pool),
+        before,
+        "the finished program left data on the servers\n{}",
+        run.stderr
     );
 }

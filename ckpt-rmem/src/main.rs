@@ -943,11 +943,10 @@ fn unreachable(health: &[rmem_client::ServerHealth]) -> String {
 fn clear(o: &Opts) -> Result<i32> {
     let _lock = lock(&o.dir)?;
     let mut pool = connect(o)?;
-    let gens = pool.committed_generations();
-    for &g in &gens {
-        pool.free_generation(g).map_err(|e| e.to_string())?;
-    }
-    println!("removed {}", gens.len());
+    // Uncommitted leftovers too: the program killed its last writer (and with it that writer's
+    // `put`) before asking, so nothing else would ever free them.
+    let n = pool.free_all().map_err(|e| e.to_string())?;
+    println!("removed {n}");
     Ok(0)
 }
 

@@ -663,6 +663,32 @@ impl Pool {
         Ok(())
     }
 
+    /// Frees every generation this pool holds on a live server, in the local directory or in
+    /// the tiered copy, committed or not: what a program that finished leaves behind. A writer
+    /// killed before its commit (the background writer of a program that exits, which takes its
+    /// `put` helper with it) leaves written, uncommitted shards that nothing else would free,
+    /// since [`Pool::maintain`] collects them only for a pool that goes on. No writer of the pool
+    /// may be running. Returns how many committed generations were freed.
+    pub fn free_all(&mut self) -> Result<usize> {
+        let committed = self.committed_generations();
+        let mut gens: BTreeSet<u64> = committed.iter().copied().collect();
+        let mut handles: Vec<Handle> = self
+            .live_servers()
+            .into_iter()
+            .map(Handle::Server)
+            .collect();
+        handles.extend([Handle::Disk, Handle::Flushed]);
+        for h in handles {
+            if let Some(Ok(list)) = self.backend(h).map(|b| b.list()) {
+                gens.extend(list.iter().map(|e| e.generation));
+            }
+        }
+        for g in gens {
+            self.free_generation(g)?;
+        }
+        Ok(committed.len())
+    }
+
     /// State of every configured server.
     pub fn health(&mut self) -> Vec<ServerHealth> {
         self.refresh();
