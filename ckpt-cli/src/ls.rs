@@ -66,9 +66,10 @@ pub struct Entry {
     pub problem: Option<String>,
     /// Whether a restore would use this generation.
     pub restore: bool,
-    /// A remote store: where the generation is (`remote`, `degraded`, `disk` for the local
-    /// fallback directory, `copy` for only the tiered store's local copy); absent for a
-    /// directory store.
+    /// A remote store: where the generation is (`remote`, `degraded`, `remote+disk` when its
+    /// last stripes went to the local fallback directory, `disk` for that directory alone,
+    /// `copy` for only the tiered store's local copy, `unreadable` when it cannot be read);
+    /// absent for a directory store.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub location: Option<String>,
 }

@@ -178,8 +178,8 @@ fn shards_refused_by_full_servers_are_sent_to_local_disk() {
     check_gen(&mut pool, 1, &runs, b"refused").unwrap();
 }
 
-/// Fallback off (no local directory): the generation that does not fit fails at its commit
-/// with a message that says why, leaves nothing committed or stored, and the previous one
+/// Fallback off (no local directory): the generation that does not fit fails while it is
+/// written (the write that finds no space), with a message that says why, leaves nothing committed or stored, and the previous one
 /// stays readable.
 fn no_fallback(n: usize, red: &str) {
     let srv = servers(n, "4M");
