@@ -570,6 +570,12 @@ impl Pool {
 
     /// Committed generations known anywhere (remote, disk, flushed), newest first.
     pub fn committed_generations(&mut self) -> Vec<u64> {
+        self.stored_generations(true).into_iter().rev().collect()
+    }
+
+    /// Generations with anything stored on a live server, in the local directory or in the
+    /// tiered copy; with `committed_only`, those committed there.
+    fn stored_generations(&mut self, committed_only: bool) -> BTreeSet<u64> {
         let mut set = BTreeSet::new();
         let mut handles: Vec<Handle> = self
             .live_servers()
@@ -580,11 +586,15 @@ impl Pool {
         for h in handles {
             let Some(b) = self.backend(h) else { continue };
             match b.list() {
-                Ok(l) => set.extend(l.iter().filter(|e| e.committed).map(|e| e.generation)),
+                Ok(l) => set.extend(
+                    l.iter()
+                        .filter(|e| e.committed || !committed_only)
+                        .map(|e| e.generation),
+                ),
                 Err(e) => self.note_error(h, &e),
             }
         }
-        set.into_iter().rev().collect()
+        set
     }
 
     /// The newest generation whose manifest verifies. Recovery starts here.
@@ -670,23 +680,11 @@ impl Pool {
     /// since [`Pool::maintain`] collects them only for a pool that goes on. No writer of the pool
     /// may be running. Returns how many committed generations were freed.
     pub fn free_all(&mut self) -> Result<usize> {
-        let committed = self.committed_generations();
-        let mut gens: BTreeSet<u64> = committed.iter().copied().collect();
-        let mut handles: Vec<Handle> = self
-            .live_servers()
-            .into_iter()
-            .map(Handle::Server)
-            .collect();
-        handles.extend([Handle::Disk, Handle::Flushed]);
-        for h in handles {
-            if let Some(Ok(list)) = self.backend(h).map(|b| b.list()) {
-                gens.extend(list.iter().map(|e| e.generation));
-            }
-        }
-        for g in gens {
+        let committed = self.stored_generations(true).len();
+        for g in self.stored_generations(false) {
             self.free_generation(g)?;
         }
-        Ok(committed.len())
+        Ok(committed)
     }
 
     /// State of every configured server.
