@@ -4,8 +4,9 @@
 //! The second phase runs in the restorer's body, after the process's memory (the C library's
 //! included) was replaced, so a [`Meter`] builds its line on the stack and draws it with one raw
 //! `write`: no allocation, no formatting machinery, and no panic path (bytes are stored through
-//! `get`/`get_mut`, arithmetic wraps or saturates, division is by constants or checked). It is drawn only on a terminal and only when
-//! logging is on; in a pipe or a file, a restore's output stays its log lines.
+//! `get`/`get_mut`, arithmetic wraps or saturates, division is by constants or checked). It is
+//! drawn only on a terminal and only when logging is on; in a pipe or a file, a restore's output
+//! stays its log lines.
 
 use crate::config::LogLevel;
 use crate::sys::syscall;
